@@ -1,0 +1,65 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "kangaroo",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "kangaroo", targets: ["kangaroo"]),
+        .executable(name: "kangaroo-runtime", targets: ["kangaroo-runtime"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+    ],
+    targets: [
+        // C shims and Debian C libraries (system-library targets).
+        .target(name: "CKangaroo"),
+        .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
+
+        // Libraries.
+        .target(name: "KangarooSystem", dependencies: [
+            "CKangaroo",
+            .product(name: "SystemPackage", package: "swift-system"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "KangarooOCI", dependencies: [
+            "CArchive",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "SystemPackage", package: "swift-system"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "KangarooImage", dependencies: ["KangarooOCI", "CZstd", "CLZ4"]),
+        .target(name: "KangarooFUSE", dependencies: ["KangarooSystem"]),
+        .target(name: "KangarooLazyFS", dependencies: ["KangarooImage", "KangarooFUSE"]),
+        .target(name: "KangarooRuntime", dependencies: ["KangarooSystem", "CSeccomp"]),
+
+        // Executables.
+        .executableTarget(name: "kangaroo", dependencies: [
+            "KangarooOCI", "KangarooImage", "KangarooLazyFS", "KangarooSystem",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "kangaroo-runtime", dependencies: ["KangarooRuntime"]),
+
+        // Tests (Swift Testing). IntegrationTests need root, the kernel and
+        // the tools scripts/test-deps.sh installs; they skip themselves
+        // unless KANGAROO_INTEGRATION=1.
+        .testTarget(name: "KangarooSystemTests", dependencies: ["KangarooSystem"]),
+        .testTarget(name: "KangarooOCITests", dependencies: ["KangarooOCI"]),
+        .testTarget(name: "KangarooImageTests", dependencies: ["KangarooImage"]),
+        .testTarget(name: "KangarooFUSETests", dependencies: ["KangarooFUSE"]),
+        .testTarget(name: "KangarooRuntimeTests", dependencies: ["KangarooRuntime"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["KangarooOCI", "KangarooImage", "KangarooSystem"]),
+    ]
+)

@@ -1,0 +1,3 @@
+#ifndef CKANGAROO_H
+#define CKANGAROO_H
+#endif

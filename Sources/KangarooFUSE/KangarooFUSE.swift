@@ -1,0 +1,1 @@
+// KangarooFUSE: see docs/ARCHITECTURE.md for this module's purpose.

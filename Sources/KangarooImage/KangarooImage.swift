@@ -1,0 +1,1 @@
+// KangarooImage: see docs/ARCHITECTURE.md for this module's purpose.

@@ -1,0 +1,1 @@
+// KangarooLazyFS: see docs/ARCHITECTURE.md for this module's purpose.

@@ -1,0 +1,1 @@
+// KangarooRuntime: see docs/ARCHITECTURE.md for this module's purpose.

@@ -1,0 +1,1 @@
+// KangarooSystem: see docs/ARCHITECTURE.md for this module's purpose.
