@@ -40,7 +40,11 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "KangarooImage", dependencies: ["KangarooOCI", "CZstd", "CLZ4"]),
-        .target(name: "KangarooFUSE", dependencies: ["KangarooSystem"]),
+        .target(name: "KangarooFUSE", dependencies: [
+            "KangarooSystem", "CKangaroo",
+            .product(name: "SystemPackage", package: "swift-system"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .target(name: "KangarooLazyFS", dependencies: ["KangarooImage", "KangarooFUSE"]),
         .target(name: "KangarooRuntime", dependencies: ["KangarooSystem", "CSeccomp"]),
 

@@ -1,1 +1,98 @@
-// KangarooImage: see docs/ARCHITECTURE.md for this module's purpose.
+import KangarooOCI
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Media types and annotations of Kangaroo images (docs/FORMAT.md, "OCI manifest").
+public enum KangarooMediaTypes {
+    public static let bootstrap = "application/vnd.kangaroo.image.bootstrap.v1"
+    public static let blob = "application/vnd.kangaroo.image.blob.v1"
+    public static let versionAnnotation = "dev.kangaroo.image.version"
+    public static let sourceAnnotation = "dev.kangaroo.image.source-manifest"
+    public static let chunkSizeAnnotation = "dev.kangaroo.image.chunk-size"
+}
+
+/// A Kangaroo image: its manifest, its parsed bootstrap and blob descriptors.
+public struct KangarooImage: Sendable {
+    public let manifest: ImageManifest
+    /// The manifest's own descriptor, when loaded from a layout.
+    public let manifestDescriptor: Descriptor?
+    public let bootstrap: Bootstrap
+    public var bootstrapDescriptor: Descriptor { manifest.layers[0] }
+    /// One descriptor per blob, in blob table (= EROFS device) order.
+    public var blobDescriptors: [Descriptor] { Array(manifest.layers.dropFirst()) }
+
+    /// Validates that `bootstrapBytes` is the manifest's bootstrap and that
+    /// the manifest's blob layers match the blob table.
+    public init(manifest: ImageManifest, manifestDescriptor: Descriptor? = nil, bootstrapBytes: [UInt8]) throws(ImageError) {
+        guard let first = manifest.layers.first, first.mediaType == KangarooMediaTypes.bootstrap else {
+            throw ImageError(.invalidArgument, "manifest is not a Kangaroo image (first layer must have media type \(KangarooMediaTypes.bootstrap))")
+        }
+        let actual = Digest.sha256(of: bootstrapBytes)
+        guard actual == first.digest, Int64(bootstrapBytes.count) == first.size else {
+            throw ImageError(.digestMismatch, "bootstrap hashes to \(actual) (\(bootstrapBytes.count) bytes), manifest says \(first.digest) (\(first.size) bytes)")
+        }
+        let bootstrap = try Bootstrap(bytes: bootstrapBytes)
+        let blobLayers = manifest.layers.dropFirst()
+        guard blobLayers.count == bootstrap.blobs.count else {
+            throw ImageError(.corruptBootstrap, "manifest lists \(blobLayers.count) blobs, the bootstrap \(bootstrap.blobs.count)")
+        }
+        for (layer, blob) in zip(blobLayers, bootstrap.blobs) {
+            guard layer.mediaType == KangarooMediaTypes.blob, layer.digest.algorithm == "sha256", layer.digest.bytes == blob.digest,
+                  layer.size >= 0, UInt64(layer.size) == blob.compressedSize else {
+                throw ImageError(.corruptBootstrap, "manifest layer \(layer.digest) (\(layer.size) bytes) does not match blob table entry sha256:\(blob.digestHex) (\(blob.compressedSize) bytes)")
+            }
+        }
+        self.manifest = manifest
+        self.manifestDescriptor = manifestDescriptor
+        self.bootstrap = bootstrap
+    }
+
+    /// Loads the image tagged `tag` from a layout.
+    public static func load(from layout: OCILayout, tag: String) throws(ImageError) -> KangarooImage {
+        let descriptor: Descriptor
+        do { descriptor = try layout.resolve(tag: tag) } catch { throw ImageError(.notFound, "cannot resolve tag '\(tag)'", underlying: error) }
+        return try load(from: layout, descriptor: descriptor)
+    }
+
+    /// Loads the image whose manifest `descriptor` names.
+    public static func load(from layout: OCILayout, descriptor: Descriptor) throws(ImageError) -> KangarooImage {
+        do {
+            let manifest = try layout.readManifest(descriptor)
+            guard let first = manifest.layers.first else { throw ImageError(.invalidArgument, "manifest \(descriptor.digest) has no layers") }
+            let bytes = try layout.readBlob(first.digest, limit: 1 << 30)
+            return try KangarooImage(manifest: manifest, manifestDescriptor: descriptor, bootstrapBytes: bytes)
+        } catch let error as ImageError {
+            throw error
+        } catch {
+            throw ImageError(.source, "cannot load Kangaroo image \(descriptor.digest)", underlying: error as? OCIError)
+        }
+    }
+
+    /// The digest of blob `index`.
+    public func blobDigest(_ index: Int) -> Digest { manifest.layers[index + 1].digest }
+}
+
+/// Where compressed chunk bytes come from: a local layout now; the lazy
+/// mount adds registry and P2P sources.
+public protocol ChunkSource: Sendable {
+    /// Compressed bytes `range` of blob `blob` (index in the blob table).
+    func read(blob: Int, range: Range<UInt64>) throws -> [UInt8]
+}
+
+/// Reads blobs from an OCI layout directory.
+public final class LayoutChunkSource: ChunkSource {
+    private let paths: [String]
+
+    public init(layout: OCILayout, image: KangarooImage) {
+        paths = image.blobDescriptors.map { layout.blobPath($0.digest).string }
+    }
+
+    public func read(blob: Int, range: Range<UInt64>) throws -> [UInt8] {
+        guard paths.indices.contains(blob) else { throw ImageError(.invalidArgument, "blob index \(blob) out of range") }
+        let fd = try POSIX.open(paths[blob], O_RDONLY)
+        defer { POSIX.close(fd) }
+        return try POSIX.preadExact(fd, count: Int(range.count), at: range.lowerBound)
+    }
+}

@@ -1,4 +1,5 @@
 import Crypto
+import Foundation
 
 /// A content digest, `algorithm:hex` (OCI image-spec, "Digests").
 ///
@@ -79,7 +80,10 @@ public struct Digest: Hashable, Sendable, Comparable, CustomStringConvertible, C
 }
 
 /// Incremental SHA-256 hasher producing a `Digest`.
-public struct DigestHasher: Sendable {
+///
+/// A value type: `SHA256` is copy-on-write state with no sharing, hence
+/// `@unchecked Sendable`.
+public struct DigestHasher: @unchecked Sendable {
     private var hasher = SHA256()
     public init() {}
     public mutating func update(_ bytes: UnsafeRawBufferPointer) { hasher.update(bufferPointer: bytes) }

@@ -18,7 +18,9 @@ public struct LayerEntry: Sendable, Equatable {
     }
 
     /// Cleaned relative path, components separated by `/`, no leading `/`,
-    /// no `.` or `..` components, never empty (the root is not an entry).
+    /// no `.` or `..` components. Empty for the root directory itself (an
+    /// archive entry `./` or `/`), so the builder can take the root's mode,
+    /// owner and mtime from it.
     public var path: String
     public var kind: Kind
     /// Permission bits including setuid/setgid/sticky (07777).

@@ -5,6 +5,8 @@ public struct OCIError: Error, CustomStringConvertible, Sendable {
         case invalidDigest, invalidReference, invalidManifest, invalidLayout
         case notFound, unauthorized, registry, network, timeout
         case digestMismatch, io, invalidLayer, hostileEntry, unsupported
+        /// The registry answered 5xx or 429 (after the configured retries).
+        case unavailable
     }
 
     public let code: Code
@@ -21,4 +23,23 @@ public struct OCIError: Error, CustomStringConvertible, Sendable {
         if let underlying { return "\(message): \(underlying)" }
         return message
     }
+}
+
+/// Runs `body` (typically a `rethrows` buffer accessor around typed-throwing
+/// code) and narrows its error back to `OCIError`.
+@inline(__always)
+func narrowingToOCIError<R>(_ body: () throws -> R) throws(OCIError) -> R {
+    do {
+        return try body()
+    } catch let error as OCIError {
+        throw error
+    } catch {
+        throw OCIError(.io, "unexpected error", underlying: SendableErrorBox(error))
+    }
+}
+
+/// Wraps a non-Sendable-typed error (as thrown by HTTPClient) as a Sendable underlying cause.
+public struct SendableErrorBox: Error, Sendable, CustomStringConvertible {
+    public let description: String
+    public init(_ error: any Error) { self.description = String(describing: error) }
 }

@@ -1,3 +1,150 @@
 #ifndef CKANGAROO_H
 #define CKANGAROO_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+// Container init: everything between clone() and execve() of an OCI container
+// process runs here, in C, so that only async-signal-safe code runs in the
+// child. KangarooRuntime fills a kr_init_config from config.json and calls
+// kr_spawn_init(); the child talks to the parent over `sync_fd` (a
+// SOCK_SEQPACKET socketpair end) with one-byte messages:
+//   parent -> child  'G'  namespaces mapped and cgroups joined: set up
+//   child  -> parent 'H'  mounts prepared: run prestart/createRuntime hooks
+//   parent -> child  'h'  hooks done
+//   child  -> parent 'R'  ready; (create) now waits on the exec fifo,
+//                         (run/exec) waits for 'S'
+//   parent -> child  'S'  start (run/exec modes)
+//   child  -> parent 'E'<message>  setup failed; the child exits 1
+// The socket is close-on-exec, so EOF after 'S' means execve succeeded.
+
+enum kr_mode { KR_MODE_CREATE = 0, KR_MODE_RUN = 1, KR_MODE_EXEC = 2 };
+
+enum kr_mount_kind { KR_MOUNT_NORMAL = 0, KR_MOUNT_BIND = 1, KR_MOUNT_CGROUP_V1 = 2 };
+
+struct kr_mount {
+    const char *source;
+    const char *destination;
+    const char *type;
+    const char *data;
+    unsigned long flags;        // MS_* except propagation flags
+    unsigned long propagation;  // MS_SHARED/MS_SLAVE/MS_PRIVATE/MS_UNBINDABLE (| MS_REC) or 0
+    int kind;                   // kr_mount_kind
+    int is_dir_hint;            // bind source is a directory (1) / file (0) / unknown (-1)
+};
+
+struct kr_device {
+    const char *path;
+    int type;                   // 'c', 'b', 'p' (fifo)
+    unsigned int major, minor;
+    unsigned int mode;          // permission bits
+    uid_t uid;
+    gid_t gid;
+};
+
+struct kr_rlimit {
+    int resource;
+    uint64_t soft, hard;
+};
+
+struct kr_ns_join {
+    int type;                   // CLONE_NEW*
+    int fd;                     // opened by the parent
+};
+
+struct kr_hook {
+    const char *path;
+    char *const *argv;          // NULL-terminated; may be NULL
+    char *const *envp;          // NULL-terminated; may be NULL
+    int timeout;                // seconds, 0 = none
+};
+
+struct kr_init_config {
+    int mode;
+    int clone_flags;            // CLONE_NEW* to create at clone (never CLONE_NEWCGROUP)
+    int unshare_cgroupns;       // create a cgroup namespace after joining the cgroup
+    const struct kr_ns_join *joins;
+    int n_joins;
+
+    const char *rootfs;         // absolute host path (create/run)
+    int readonly_rootfs;
+    int no_pivot;
+    unsigned long rootfs_propagation;   // applied to / after pivot (0 = MS_SLAVE|MS_REC default)
+    const struct kr_mount *mounts;
+    int n_mounts;
+    const char *const *masked_paths;
+    int n_masked;
+    const char *const *readonly_paths;
+    int n_readonly;
+    const struct kr_device *devices;
+    int n_devices;
+    int bind_devices;           // user namespace: bind host nodes instead of mknod
+    const char *hostname;       // NULL = leave
+    const char *domainname;
+    const char *const *sysctl_keys;
+    const char *const *sysctl_values;
+    int n_sysctl;
+
+    const struct kr_rlimit *rlimits;
+    int n_rlimits;
+    int has_caps;
+    uint64_t cap_bounding, cap_effective, cap_inheritable, cap_permitted, cap_ambient;
+    int no_new_privs;
+    uid_t uid;
+    gid_t gid;
+    const gid_t *additional_gids;
+    int n_gids;
+    int umask;                  // -1 = leave
+    int oom_score_adj;
+    int has_oom_score_adj;
+    char *const *argv;
+    char *const *envp;
+    const char *cwd;
+    const void *seccomp_filter; // struct sock_filter[]
+    int seccomp_len;            // number of sock_filter entries, 0 = none
+
+    int sync_fd;                // child's end of the socketpair
+    int fifo_fd;                // O_PATH fd of exec.fifo (create mode), -1 otherwise
+    int console_fd;             // connected console socket, -1 = none
+    int terminal;               // allocate a pty
+    int preserve_fds;           // keep fds 3 .. 3+n-1 open across exec
+
+    const struct kr_hook *create_container_hooks;
+    int n_create_container_hooks;
+    const struct kr_hook *start_container_hooks;
+    int n_start_container_hooks;
+    const char *state_json;     // fed to hooks on stdin
+    int needs_runtime_hooks;    // send 'H' and wait for 'h'
+};
+
+// Clones the container init. Returns its pid (in the caller's pid namespace)
+// or -errno. The child never returns.
+pid_t kr_spawn_init(const struct kr_init_config *cfg);
+
+// Runs one hook to completion, feeding `stdin_data` on stdin. Returns the
+// wait status, or -errno; -ETIMEDOUT if the timeout expired (hook killed).
+int kr_run_hook(const struct kr_hook *hook, const char *stdin_data);
+
+// Waits for `pid`, forwarding every catchable signal this process receives
+// to it. Returns the wait status. Reaps other children too.
+int kr_wait_forwarding(pid_t pid);
+
+// Thin syscall wrappers Glibc lacks.
+int kr_pivot_root(const char *new_root, const char *put_old);
+int kr_setns(int fd, int nstype);
+int kr_memfd_create(const char *name, unsigned int flags);
+
+// Sends / receives one file descriptor over a unix socket (SCM_RIGHTS).
+int kr_send_fd(int sock, int fd);
+int kr_recv_fd(int sock);
+
+// Wait-status decoding (the macros are not importable into Swift).
+int kr_wifexited(int status);
+int kr_wexitstatus(int status);
+int kr_wifsignaled(int status);
+int kr_wtermsig(int status);
+
+// FUSE ioctls and kernel struct layouts (KangarooFUSE).
+#include "ckangaroo_fuse.h"
+
 #endif

@@ -1,1 +1,0 @@
-// KangarooFUSE: see docs/ARCHITECTURE.md for this module's purpose.

@@ -1,0 +1,113 @@
+import Foundation
+import KangarooOCI
+import SystemPackage
+
+/// Adapts `KangarooOCI.LayerReader` to `LayerEntrySource`.
+final class LayerReaderSource: LayerEntrySource {
+    let reader: LayerReader
+    let name: String
+
+    init(reader: LayerReader, name: String) {
+        self.reader = reader
+        self.name = name
+    }
+
+    func nextEntry() throws(ImageError) -> LayerEntry? {
+        do { return try reader.next() } catch {
+            throw ImageError(error.code == .hostileEntry ? .hostileEntry : .source, "layer \(name)", underlying: error)
+        }
+    }
+
+    func nextDataBlock() throws(ImageError) -> (offset: UInt64, bytes: UnsafeRawBufferPointer)? {
+        do { return try reader.nextDataBlock() } catch {
+            throw ImageError(error.code == .hostileEntry ? .hostileEntry : .source, "layer \(name)", underlying: error)
+        }
+    }
+}
+
+/// The result of a conversion.
+public struct ConvertResult: Sendable {
+    public var manifest: ImageManifest
+    public var manifestDescriptor: Descriptor
+    public var stats: ConvertStats
+}
+
+/// Converts an OCI image (gzip/zstd/plain tar layers) into a Kangaroo image
+/// stored in an OCI layout.
+public struct ImageConverter: Sendable {
+    public var options: BuildOptions
+    /// Images whose chunks are reused instead of stored again.
+    public var dictionaries: [KangarooImage]
+    /// Layouts holding the dictionary images' blobs (copied into the
+    /// destination when referenced and missing there).
+    public var dictionaryLayouts: [OCILayout]
+    public var progress: ConvertProgress?
+
+    public init(options: BuildOptions = BuildOptions(), dictionaries: [KangarooImage] = [], dictionaryLayouts: [OCILayout] = [],
+                progress: ConvertProgress? = nil) {
+        self.options = options
+        self.dictionaries = dictionaries
+        self.dictionaryLayouts = dictionaryLayouts
+        self.progress = progress
+    }
+
+    /// Converts `manifest` (from `source`) and stores the Kangaroo image in
+    /// `destination`, tagged `tag` when given.
+    public func convert(source: OCILayout, manifest: ImageManifest, destination: OCILayout, tag: String?) throws(ImageError) -> ConvertResult {
+        var dictionary = ChunkDictionary()
+        for image in dictionaries { dictionary.add(image.bootstrap) }
+        let work = FileManager.default.temporaryDirectory.appendingPathComponent("kangaroo-convert-\(UInt64.random(in: 0...UInt64.max))").path
+        do { try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true) } catch {
+            throw ImageError(.io, "cannot create work directory \(work): \(error)")
+        }
+        defer { try? FileManager.default.removeItem(atPath: work) }
+
+        let builder = try ImageBuilder(options: options, dictionary: dictionary, workDirectory: work, progress: progress)
+        for (i, layer) in manifest.layers.enumerated() {
+            let compression: LayerReader.Compression = MediaTypes.layerCompression(layer.mediaType) ?? .auto
+            let reader: LayerReader
+            do { reader = try LayerReader(path: source.blobPath(layer.digest), compression: compression) } catch {
+                throw ImageError(.source, "cannot open layer \(i) (\(layer.digest))", underlying: error)
+            }
+            try builder.addLayer(LayerReaderSource(reader: reader, name: "\(i) \(layer.digest)"), name: "\(i) \(layer.digest)")
+        }
+        let blobPath = work + "/blob"
+        let result = try builder.finish(blobPath: blobPath)
+
+        progress?(.storing, 0, 1)
+        do {
+            var layers: [Descriptor] = []
+            let bootstrapDigest = try destination.writeBlob(bytes: result.bootstrap)
+            layers.append(Descriptor(mediaType: KangarooMediaTypes.bootstrap, digest: bootstrapDigest, size: Int64(result.bootstrap.count),
+                                     annotations: [KangarooMediaTypes.chunkSizeAnnotation: String(options.chunkSize)]))
+            for (i, blob) in result.blobs.enumerated() {
+                let digest = try Digest(sha256Bytes: blob.digest)
+                if i == result.newBlobIndex {
+                    let (stored, _) = try destination.importBlob(from: FilePath(blobPath), expected: digest)
+                    _ = stored
+                } else if !destination.hasBlob(digest) {
+                    guard let from = dictionaryLayouts.first(where: { $0.hasBlob(digest) }) else {
+                        throw ImageError(.notFound, "dictionary blob \(digest) is in no given layout; pass the dictionary's layout")
+                    }
+                    _ = try destination.importBlob(from: from.blobPath(digest), expected: digest)
+                }
+                layers.append(Descriptor(mediaType: KangarooMediaTypes.blob, digest: digest, size: Int64(blob.compressedSize)))
+            }
+            // The config blob is the source image's, unchanged.
+            if !destination.hasBlob(manifest.config.digest) {
+                _ = try destination.importBlob(from: source.blobPath(manifest.config.digest), expected: manifest.config.digest)
+            }
+            var annotations = manifest.annotations ?? [:]
+            annotations[KangarooMediaTypes.versionAnnotation] = "1"
+            let out = ImageManifest(mediaType: MediaTypes.imageManifest, config: manifest.config, layers: layers, annotations: annotations)
+            let descriptor = try destination.writeJSON(out, mediaType: MediaTypes.imageManifest)
+            if let tag { try destination.setTag(tag, to: descriptor) }
+            progress?(.storing, 1, 1)
+            return ConvertResult(manifest: out, manifestDescriptor: descriptor, stats: result.stats)
+        } catch let error as ImageError {
+            throw error
+        } catch {
+            throw ImageError(.io, "cannot store the converted image in '\(destination.root)'", underlying: error as? OCIError)
+        }
+    }
+}

@@ -1,1 +1,0 @@
-// KangarooRuntime: see docs/ARCHITECTURE.md for this module's purpose.

@@ -1,1 +1,0 @@
-// KangarooSystem: see docs/ARCHITECTURE.md for this module's purpose.

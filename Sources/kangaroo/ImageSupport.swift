@@ -1,0 +1,80 @@
+import ArgumentParser
+import Foundation
+import KangarooOCI
+import Logging
+import SystemPackage
+
+/// A user-facing failure: the message is printed as is, exit status 1.
+struct CLIError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Store tags are `name:tag`; a bare name gets `:latest`.
+func storeTag(_ name: String) -> String {
+    if let colon = name.lastIndex(of: ":"), !name[name.index(after: colon)...].contains("/") { return name }
+    return name + ":latest"
+}
+
+extension GlobalOptions {
+    func registryClient(for reference: Reference, logger: Logger) throws -> RegistryClient {
+        let env = ProcessInfo.processInfo.environment
+        let retries = env["KANGAROO_REGISTRY_RETRIES"].flatMap(Int.init) ?? 3
+        let timeout = env["KANGAROO_REGISTRY_TIMEOUT"].flatMap(Int.init) ?? 30
+        let creds = try credentials().map { RegistryClient.Credentials(username: $0.username, password: $0.password) }
+        return RegistryClient(host: reference.host, plainHTTP: plainHTTP ? true : nil, credentials: creds,
+                              timeout: .seconds(timeout), retries: retries, logger: logger)
+    }
+
+    /// Runs `body` with a registry client that is shut down afterwards.
+    func withRegistry<T>(_ reference: Reference, logger: Logger,
+                         _ body: (RegistryClient) async throws -> T) async throws -> T {
+        let client = try registryClient(for: reference, logger: logger)
+        do {
+            let result = try await body(client)
+            await client.shutdown()
+            return result
+        } catch {
+            await client.shutdown()
+            throw error
+        }
+    }
+
+    /// Finds the OCI image `location` names as a layout and tag; a registry
+    /// image is pulled into the store first (tagged with its reference).
+    func openImage(_ location: ImageLocation, logger: Logger, progress: TerminalProgress) async throws -> (OCILayout, String) {
+        switch location {
+        case .ociLayout(let path, let tag):
+            return (try OCILayout(at: path, create: false), tag)
+        case .store(let name):
+            return (try openStore(), storeTag(name))
+        case .registry(let reference):
+            let store = try openStore()
+            let tag = reference.description
+            try await withRegistry(reference, logger: logger) { client in
+                try await ImageTransfer(client: client, logger: logger).pull(reference, into: store, tag: tag) { done, total in
+                    progress.update("pulling \(reference)", done: done, total: total)
+                }
+            }
+            progress.finish()
+            return (store, tag)
+        }
+    }
+}
+
+struct RegistryCredentials {
+    var username: String
+    var password: String
+}
+
+/// Prints an error the way every command does and exits 1.
+func fail(_ error: any Error) -> Never {
+    let message: String
+    switch error {
+    case let e as OCIError: message = e.description
+    case let e as CLIError: message = e.description
+    default: message = String(describing: error)
+    }
+    FileHandle.standardError.write(Data("kangaroo: \(message)\n".utf8))
+    exit(1)
+}

@@ -1,0 +1,75 @@
+import Foundation
+
+/// Debian's docker-registry (distribution 2.8) on 127.0.0.1 at a free port,
+/// with filesystem storage in a temporary directory and optional htpasswd
+/// auth. Stopped (and its storage removed) by `stop()` or at deinit.
+final class TestRegistry {
+    let dir: TempDir
+    let port: Int
+    let process = Process()
+    var host: String { "127.0.0.1:\(port)" }
+
+    init(user: String? = nil, password: String? = nil) throws {
+        dir = try TempDir("registry")
+        port = try Self.freePort()
+        var auth = ""
+        if let user, let password {
+            let r = try run("htpasswd", ["-Bbn", user, password], check: true)
+            try r.stdout.write(toFile: dir.sub("htpasswd"), atomically: true, encoding: .utf8)
+            auth = "auth:\n  htpasswd:\n    realm: kangaroo-test\n    path: \(dir.sub("htpasswd"))\n"
+        }
+        let config = """
+        version: 0.1
+        log:
+          level: error
+          accesslog:
+            disabled: true
+        storage:
+          filesystem:
+            rootdirectory: \(dir.sub("data"))
+          delete:
+            enabled: true
+        http:
+          addr: 127.0.0.1:\(port)
+        \(auth)
+        """
+        try config.write(toFile: dir.sub("config.yml"), atomically: true, encoding: .utf8)
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/docker-registry")
+        process.arguments = ["serve", dir.sub("config.yml")]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = try FileHandle(forWritingTo: {
+            FileManager.default.createFile(atPath: dir.sub("log"), contents: nil); return URL(fileURLWithPath: dir.sub("log"))
+        }())
+        try process.run()
+        // ready when /v2/ answers (200 or 401)
+        for _ in 0..<100 {
+            let r = try run("curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://\(host)/v2/"])
+            if r.stdout == "200" || r.stdout == "401" { return }
+            usleep(100_000)
+        }
+        stop()
+        throw NSError(domain: "TestRegistry", code: 1, userInfo: [NSLocalizedDescriptionKey: "docker-registry did not start"])
+    }
+
+    func stop() {
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+    }
+
+    deinit { stop() }
+
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+}

@@ -1,0 +1,138 @@
+import Foundation
+import Testing
+@testable import KangarooRuntime
+
+let integrationEnabled = ProcessInfo.processInfo.environment["KANGAROO_INTEGRATION"] == "1" && getuid() == 0
+
+/// Test rootfs built by scripts/runtime-test-deps.sh.
+let testRootfs = "/var/lib/kangaroo-test/rootfs"
+
+enum Harness {
+    /// kangaroo-runtime next to the test bundle (swift test builds every product).
+    static let runtimeBinary: String = {
+        if let p = ProcessInfo.processInfo.environment["KANGAROO_RUNTIME_BIN"] { return p }
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
+        var dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
+        for _ in 0..<4 {
+            let candidate = dir.appendingPathComponent("kangaroo-runtime").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        return "kangaroo-runtime"
+    }()
+
+    static func ensureDeps() throws {
+        if FileManager.default.fileExists(atPath: testRootfs + "/bin/busybox"),
+           FileManager.default.fileExists(atPath: "/usr/bin/crun") { return }
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("scripts/runtime-test-deps.sh").path
+        let r = try run(["/bin/sh", script])
+        guard r.code == 0 else { throw HarnessError("runtime-test-deps.sh failed: \(r.err)") }
+    }
+
+    struct Result { var out: String; var err: String; var code: Int32 }
+
+    @discardableResult
+    static func run(_ argv: [String], stdin: String? = nil, timeout: Double = 60) throws -> Result {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: argv[0])
+        p.arguments = Array(argv.dropFirst())
+        let out = Pipe(), err = Pipe(), inp = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        p.standardInput = inp
+        try p.run()
+        if let stdin { inp.fileHandleForWriting.write(Data(stdin.utf8)) }
+        try? inp.fileHandleForWriting.close()
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return Result(out: String(decoding: o, as: UTF8.self), err: String(decoding: e, as: UTF8.self),
+                      code: p.terminationReason == .uncaughtSignal ? 128 + p.terminationStatus : p.terminationStatus)
+    }
+
+    /// kangaroo-runtime with a private --root.
+    @discardableResult
+    static func kr(_ root: String, _ args: [String], stdin: String? = nil) throws -> Result {
+        try run([runtimeBinary, "--root", root] + args, stdin: stdin)
+    }
+
+    /// crun, inside a private mount namespace without the hybrid v2 tree,
+    /// which Debian's crun 1.8 refuses.
+    static func crun(_ root: String, _ args: [String]) throws -> Result {
+        let quoted = args.map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
+        return try run(["/usr/bin/unshare", "-m", "--propagation", "private", "/bin/sh", "-c",
+                        "umount /sys/fs/cgroup/unified 2>/dev/null; exec /usr/bin/crun --root \(root) \(quoted)"])
+    }
+
+    static func tempDir(_ tag: String) throws -> String {
+        let path = "/tmp/kangaroo-test-\(tag)-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
+
+    /// A bundle using the shared busybox rootfs, runc's default config with
+    /// `args`, changed by `edit`.
+    static func bundle(_ tag: String, args: [String], edit: (inout JSON) throws -> Void = { _ in }) throws -> String {
+        let dir = try tempDir(tag)
+        var config = try JSON.parse(Runtime.specTemplate(args: args, terminal: false))
+        config.set(["root", "path"], .string(testRootfs))
+        config.set(["root", "readonly"], .bool(true))
+        config.set(["linux", "cgroupsPath"], .string("/kangaroo-test-\(tag)"))
+        try edit(&config)
+        try config.serialized(indent: "  ").write(toFile: dir + "/config.json", atomically: true, encoding: .utf8)
+        return dir
+    }
+
+    static func mountCount() -> Int {
+        ((try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "").split(separator: "\n").count
+    }
+
+    static func cgroupExists(_ path: String) -> Bool {
+        ["memory", "pids", "cpu", "freezer", "unified"].contains { FileManager.default.fileExists(atPath: "/sys/fs/cgroup/\($0)\(path)") }
+    }
+
+    static func processes(matching marker: String) -> [Int32] {
+        let pids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap { Int32($0) } ?? []
+        return pids.filter { pid in
+            guard let d = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+            return String(decoding: d, as: UTF8.self).contains(marker)
+        }
+    }
+}
+
+struct HarnessError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+extension JSON {
+    /// Sets a value at a key path, creating objects on the way.
+    mutating func set(_ path: [String], _ value: JSON) {
+        guard let key = path.first else { self = value; return }
+        switch self {
+        case var .object(members):
+            var child = members.first { $0.0 == key }?.1 ?? .object([])
+            child.set(Array(path.dropFirst()), value)
+            if let i = members.firstIndex(where: { $0.0 == key }) { members[i].1 = child } else { members.append((key, child)) }
+            self = .object(members)
+        case var .array(items):
+            if let i = Int(key), i < items.count {
+                items[i].set(Array(path.dropFirst()), value)
+                self = .array(items)
+            }
+        default:
+            self = .object([])
+            set(path, value)
+        }
+    }
+
+    mutating func append(_ path: [String], _ value: JSON) {
+        var list: [JSON] = []
+        var node: JSON? = self
+        for k in path { node = node?[k] }
+        if case let .array(items)? = node { list = items }
+        list.append(value)
+        set(path, .array(list))
+    }
+}
