@@ -63,6 +63,7 @@ let package = Package(
         .testTarget(name: "KangarooOCITests", dependencies: ["KangarooOCI"]),
         .testTarget(name: "KangarooImageTests", dependencies: ["KangarooImage"]),
         .testTarget(name: "KangarooFUSETests", dependencies: ["KangarooFUSE"]),
+        .testTarget(name: "KangarooLazyFSTests", dependencies: ["KangarooLazyFS"]),
         .testTarget(name: "KangarooRuntimeTests", dependencies: ["KangarooRuntime"]),
         .testTarget(name: "IntegrationTests", dependencies: ["KangarooOCI", "KangarooImage", "KangarooSystem"]),
     ]

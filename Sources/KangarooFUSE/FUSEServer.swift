@@ -46,6 +46,8 @@ public final class FUSEServer: Sendable {
 
     /// The protocol minor version agreed in INIT (nil before).
     public var negotiatedMinor: UInt32? { session.negotiatedState?.minor }
+    /// Request counters since start.
+    public var statistics: FUSEStatistics { session.counters.snapshot }
     /// INIT flags both sides agreed on (empty before INIT).
     public var negotiatedFlags: FUSEInitFlags { session.negotiatedState?.flags ?? [] }
 

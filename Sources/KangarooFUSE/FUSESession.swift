@@ -25,6 +25,7 @@ final class FUSESession: Sendable {
     let fileSystem: any FUSEFileSystem
     let options: FUSEInitOptions
     let logger: Logger
+    let counters = FUSECounters()
     private let negotiated = Mutex<Negotiated?>(nil)
     private let destroyed = Mutex(false)
 
@@ -50,14 +51,21 @@ final class FUSESession: Sendable {
         }
         let end = Int(header.length) - Int(header.totalExtensionLength) * 8
         let payload = UnsafeRawBufferPointer(rebasing: request[FUSEWireSize.inHeader..<max(FUSEWireSize.inHeader, end)])
+        counters.begin()
         let result = dispatch(header: header, payload: payload, reply: reply)
+        counters.end()
         switch result {
         case .none:
             return nil
         case .ok(let length):
+            if header.opcode == FUSEOpcode.read.rawValue {
+                counters.reads.add(1, ordering: .relaxed)
+                counters.bytesRead.add(length, ordering: .relaxed)
+            }
             FUSEOutHeader.encode(into: reply, length: FUSEWireSize.outHeader + length, error: 0, unique: header.unique)
             return FUSEWireSize.outHeader + length
         case .error(let errno):
+            counters.errors.add(1, ordering: .relaxed)
             FUSEOutHeader.encode(into: reply, length: FUSEWireSize.outHeader, error: -errno.rawValue, unique: header.unique)
             return FUSEWireSize.outHeader
         }

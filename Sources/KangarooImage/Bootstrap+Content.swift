@@ -17,7 +17,7 @@ extension Bootstrap {
     }
 
     /// Reads `length` bytes at `offset` of a regular file (short at EOF).
-    public func readFile(_ inode: Inode, offset: UInt64, length: Int, source: any ChunkSource) throws -> [UInt8] {
+    public func readFile(_ inode: ImageInode, offset: UInt64, length: Int, source: any ChunkSource) throws -> [UInt8] {
         guard offset < inode.size, length > 0 else { return [] }
         let end = min(inode.size, offset + UInt64(length))
         let map = try chunkMap(inode)

@@ -8,7 +8,7 @@ public struct DirectoryEntry: Sendable, Equatable {
 
 extension Bootstrap {
     /// The entries of a directory, in on-disk (byte-sorted) order, including "." and "..".
-    public func readdir(_ inode: Inode) throws(ImageError) -> [DirectoryEntry] {
+    public func readdir(_ inode: ImageInode) throws(ImageError) -> [DirectoryEntry] {
         guard inode.kind == .directory else { throw ImageError(.invalidArgument, "inode \(inode.nid) is not a directory") }
         let data = try flatData(inode)
         let bs = EROFS.blockSize
@@ -50,12 +50,12 @@ extension Bootstrap {
     }
 
     /// The children of a directory, without "." and "..".
-    public func children(_ inode: Inode) throws(ImageError) -> [DirectoryEntry] {
+    public func children(_ inode: ImageInode) throws(ImageError) -> [DirectoryEntry] {
         try readdir(inode).filter { $0.name != "." && $0.name != ".." }
     }
 
     /// Looks up a relative or absolute path without following symlinks.
-    public func lookup(path: String) throws(ImageError) -> Inode {
+    public func lookup(path: String) throws(ImageError) -> ImageInode {
         var current = try inode(rootNid)
         for component in path.split(separator: "/", omittingEmptySubsequences: true) where component != "." {
             guard current.kind == .directory else { throw ImageError(.notFound, "'\(path)': '\(component)' is below a non-directory") }
@@ -76,16 +76,16 @@ extension Bootstrap {
 
     /// Visits every path in depth-first pre-order (children byte-sorted), the
     /// root as "". Rejects directory cycles and hard-linked directories.
-    public func walk(_ visit: (String, Inode) throws(ImageError) -> Void) throws(ImageError) {
+    public func walk(_ visit: (String, ImageInode) throws(ImageError) -> Void) throws(ImageError) {
         var seenDirs: Set<UInt64> = []
         let root = try inode(rootNid)
         seenDirs.insert(root.nid)
         try visit("", root)
-        var stack: [(path: String, inode: Inode, depth: Int)] = [("", root, 0)]
+        var stack: [(path: String, inode: ImageInode, depth: Int)] = [("", root, 0)]
         while let item = stack.popLast() {
             let (path, dir, depth) = item
             guard depth < 4096 else { throw ImageError.corrupt("directory tree deeper than 4096 levels") }
-            var subdirs: [(String, Inode, Int)] = []
+            var subdirs: [(String, ImageInode, Int)] = []
             for entry in try children(dir) {
                 let child = try inode(entry.nid)
                 let childPath = path.isEmpty ? entry.name : path + "/" + entry.name

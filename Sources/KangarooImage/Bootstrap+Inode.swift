@@ -1,5 +1,5 @@
 /// An inode read from a bootstrap.
-public struct Inode: Sendable, Equatable {
+public struct ImageInode: Sendable, Equatable {
     public enum Kind: Sendable, Equatable {
         case directory, regular, symlink, characterDevice, blockDevice, fifo, socket
     }
@@ -42,7 +42,7 @@ public struct Inode: Sendable, Equatable {
 
 extension Bootstrap {
     /// Reads and validates the inode `nid`.
-    public func inode(_ nid: UInt64) throws(ImageError) -> Inode {
+    public func inode(_ nid: UInt64) throws(ImageError) -> ImageInode {
         let bs = UInt64(EROFS.blockSize)
         let metaBase = UInt64(metaBlockAddress) * bs
         guard nid <= (UInt64(bytes.count) / 32), metaBase <= UInt64(bytes.count) else { throw ImageError.corrupt("nid \(nid) lies outside the bootstrap") }
@@ -60,14 +60,14 @@ extension Bootstrap {
         let xattrSize = icount == 0 ? 0 : EROFS.xattrHeaderSize + 4 * (icount - 1)
         try view.check(pos + isize, xattrSize, "xattrs of inode \(nid)")
         let mode = UInt32(try view.u16(pos + 4))
-        var inode: Inode
+        var inode: ImageInode
         if extended {
-            inode = Inode(nid: nid, mode: mode, uid: try view.u32(pos + 24), gid: try view.u32(pos + 28),
+            inode = ImageInode(nid: nid, mode: mode, uid: try view.u32(pos + 24), gid: try view.u32(pos + 28),
                           size: try view.u64(pos + 8), mtimeSeconds: Int64(bitPattern: try view.u64(pos + 32)),
                           mtimeNanoseconds: try view.u32(pos + 40), nlink: try view.u32(pos + 44), ino: try view.u32(pos + 20),
                           layout: layout, iu: try view.u32(pos + 16), inodeSize: isize, xattrSize: xattrSize)
         } else {
-            inode = Inode(nid: nid, mode: mode, uid: UInt32(try view.u16(pos + 24)), gid: UInt32(try view.u16(pos + 26)),
+            inode = ImageInode(nid: nid, mode: mode, uid: UInt32(try view.u16(pos + 24)), gid: UInt32(try view.u16(pos + 26)),
                           size: UInt64(try view.u32(pos + 8)), mtimeSeconds: Int64(bitPattern: buildTime),
                           mtimeNanoseconds: buildTimeNanoseconds, nlink: UInt32(try view.u16(pos + 6)), ino: try view.u32(pos + 20),
                           layout: layout, iu: try view.u32(pos + 16), inodeSize: isize, xattrSize: xattrSize)
@@ -84,12 +84,12 @@ extension Bootstrap {
     }
 
     /// Byte offset of the inode's first byte.
-    func inodePosition(_ inode: Inode) -> Int {
+    func inodePosition(_ inode: ImageInode) -> Int {
         Int(UInt64(metaBlockAddress) * UInt64(EROFS.blockSize) + inode.nid * 32)
     }
 
     /// The data of a directory or symlink (flat plain or flat inline), at most `limit` bytes.
-    func flatData(_ inode: Inode, limit: UInt64 = 1 << 30) throws(ImageError) -> [UInt8] {
+    func flatData(_ inode: ImageInode, limit: UInt64 = 1 << 30) throws(ImageError) -> [UInt8] {
         guard inode.layout != EROFS.layoutChunkBased else { throw ImageError(.unsupported, "inode \(inode.nid) is chunk based") }
         guard inode.size <= limit, inode.size <= UInt64(bytes.count) else {
             throw ImageError.corrupt("inode \(inode.nid) size \(inode.size) exceeds the bootstrap")
@@ -119,7 +119,7 @@ extension Bootstrap {
     }
 
     /// The target of a symlink.
-    public func readlink(_ inode: Inode) throws(ImageError) -> String {
+    public func readlink(_ inode: ImageInode) throws(ImageError) -> String {
         guard inode.kind == .symlink else { throw ImageError(.invalidArgument, "inode \(inode.nid) is not a symlink") }
         guard inode.size > 0, inode.size < UInt64(EROFS.blockSize) else { throw ImageError.corrupt("symlink \(inode.nid) has length \(inode.size)") }
         let data = try flatData(inode)
@@ -128,7 +128,7 @@ extension Bootstrap {
     }
 
     /// Extended attributes (inline and shared), sorted by full name.
-    public func xattrs(_ inode: Inode) throws(ImageError) -> [(name: String, value: [UInt8])] {
+    public func xattrs(_ inode: ImageInode) throws(ImageError) -> [(name: String, value: [UInt8])] {
         guard inode.xattrSize > 0 else { return [] }
         let base = inodePosition(inode) + inode.inodeSize
         let end = base + inode.xattrSize
@@ -161,7 +161,7 @@ extension Bootstrap {
     }
 
     /// The chunk map of a regular file: one entry per chunk, nil for holes.
-    public func chunkMap(_ inode: Inode) throws(ImageError) -> [ChunkLocation?] {
+    public func chunkMap(_ inode: ImageInode) throws(ImageError) -> [ChunkLocation?] {
         guard inode.kind == .regular else { throw ImageError(.invalidArgument, "inode \(inode.nid) is not a regular file") }
         if inode.size == 0 { return [] }
         guard inode.layout == EROFS.layoutChunkBased else {

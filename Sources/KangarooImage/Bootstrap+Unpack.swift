@@ -40,7 +40,7 @@ private struct Unpacker {
         self.rootFD = rootFD
     }
 
-    mutating func directory(fd: Int32, inode: Inode, path: [String], depth: Int) throws {
+    mutating func directory(fd: Int32, inode: ImageInode, path: [String], depth: Int) throws {
         guard depth < 4096, seenDirs.insert(inode.nid).inserted else { throw ImageError.corrupt("directory cycle at /\(path.joined(separator: "/"))") }
         for entry in try bootstrap.children(inode) {
             let child = try bootstrap.inode(entry.nid)
@@ -109,7 +109,7 @@ private struct Unpacker {
     }
 
     /// Owner, xattrs, mode (after chown so setuid bits survive), mtime, on an open fd.
-    func finishNode(fd: Int32, inode: Inode, isDirectory: Bool) throws {
+    func finishNode(fd: Int32, inode: ImageInode, isDirectory: Bool) throws {
         guard fchown(fd, inode.uid, inode.gid) == 0 else { throw POSIX.errnoError("chown inode \(inode.nid)") }
         for (name, value) in try bootstrap.xattrs(inode) { try POSIX.fsetxattr(fd, name, value) }
         guard fchmod(fd, mode_t(inode.permissions)) == 0 else { throw POSIX.errnoError("chmod inode \(inode.nid)") }
@@ -119,7 +119,7 @@ private struct Unpacker {
     }
 
     /// The same for entries we must not open (symlinks, devices, fifos, sockets).
-    func finishAt(dir: Int32, name: String, inode: Inode, chmod: Bool) throws {
+    func finishAt(dir: Int32, name: String, inode: ImageInode, chmod: Bool) throws {
         guard fchownat(dir, name, inode.uid, inode.gid, AT_SYMLINK_NOFOLLOW) == 0 else { throw POSIX.errnoError("chown '\(name)'") }
         let procPath = "/proc/self/fd/\(dir)/\(name)"
         for (xname, value) in try bootstrap.xattrs(inode) { try POSIX.lsetxattr(procPath, xname, value) }

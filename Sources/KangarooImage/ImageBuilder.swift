@@ -14,8 +14,10 @@ public struct BuildOptions: Sendable {
     /// Chunk size, a power of two in 64 KiB...16 MiB.
     public var chunkSize: Int = 1 << 20
     public var compression: ChunkCompression = .zstd
-    /// zstd level (default 3) or lz4 HC level (0 = fast lz4).
-    public var level: Int32 = 3
+    /// zstd level or lz4 HC level (0 = fast lz4). zstd 6 is the default: on a
+    /// Debian bookworm + python3 image (one 118.8 MB gzip layer) the blobs
+    /// were zstd 3 121.0 MB, 5 118.6 MB, 6 117.4 MB, 7 117.0 MB, lz4 150.6 MB.
+    public var level: Int32 = 6
     /// Paths in first-access order; their chunks go first in the new blob.
     public var prefetch: [String] = []
     /// Hash/compress workers (default: one per core).
@@ -24,7 +26,7 @@ public struct BuildOptions: Sendable {
     public init(chunkSize: Int = 1 << 20, compression: ChunkCompression = .zstd, level: Int32? = nil, prefetch: [String] = []) {
         self.chunkSize = chunkSize
         self.compression = compression
-        self.level = level ?? (compression == .lz4 ? 0 : 3)
+        self.level = level ?? (compression == .lz4 ? 0 : 6)
         self.prefetch = prefetch
     }
 

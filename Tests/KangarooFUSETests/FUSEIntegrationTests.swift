@@ -231,7 +231,7 @@ struct FUSEIntegrationTests {
     }
 
     @Test func concurrentRandomReadsOfTheBigFile() throws {
-        try Fixture.withServer(threads: 8) { mountPoint, _ in
+        try Fixture.withServer(threads: 8) { mountPoint, server in
             let path = mountPoint + "/big"
             let expected = Fixture.bigContent
             let failures = Atomic<Int>(0)
@@ -269,6 +269,9 @@ struct FUSEIntegrationTests {
             let readCount = reads.load(ordering: .relaxed)
             #expect(failed == 0)
             #expect(readCount == 8 * 150)
+            let statistics = server.statistics
+            #expect(statistics.reads > 0 && statistics.bytesRead > 0)
+            #expect(statistics.peakInFlight <= 8)
             let whole = try #require(Fixture.readAll(path))
             #expect(Fixture.same(whole, expected))
         }
@@ -278,7 +281,7 @@ struct FUSEIntegrationTests {
     /// requests keep being served.
     @Test func slowReadDoesNotBlockOtherRequests() throws {
         let fs = MemoryTreeBuilder.standard(bigFileSize: 1 << 20)
-        try Fixture.withServer(fs, threads: 4) { mountPoint, _ in
+        try Fixture.withServer(fs, threads: 4) { mountPoint, server in
             let result = Mutex<[UInt8]?>(nil)
             let done = Atomic<Bool>(false)
             let thread = Thread {
@@ -298,6 +301,9 @@ struct FUSEIntegrationTests {
                 #expect(Fixture.readAll(mountPoint + "/" + path) == expected)
             }
             #expect(ContinuousClock.now - start < .seconds(5))
+            // The blocked READ and the others were in flight together.
+            #expect(server.statistics.inFlight >= 1)
+            #expect(server.statistics.peakInFlight >= 2)
             let finishedEarly = done.load(ordering: .acquiring)
             #expect(!finishedEarly)
             fs.gate.release()

@@ -237,6 +237,19 @@ func readIn(handle: UInt64 = 0, offset: UInt64, size: UInt32) -> [UInt8] {
         #expect(Self.fs.forgets.load(ordering: .relaxed) - before >= 4)
     }
 
+    @Test func countersTrackRequestsReadsAndErrors() throws {
+        let harness = SessionHarness(fileSystem: Self.fs)
+        let id = try #require(Self.fs.paths["big"])
+        _ = harness.send(.read, node: id, payload: readIn(offset: 0, size: 1000))
+        _ = harness.send(.lookup, node: 1, payload: cstr("d000"))
+        _ = harness.send(.write, node: id, payload: [UInt8](repeating: 0, count: 64))
+        let counters = harness.session.counters.snapshot
+        #expect(counters.requests == 4)  // INIT included
+        #expect(counters.reads == 1 && counters.bytesRead == 1000)
+        #expect(counters.errors == 1)
+        #expect(counters.inFlight == 0 && counters.peakInFlight == 1)
+    }
+
     @Test func statfsFlushReleaseAndDestroy() throws {
         let harness = SessionHarness(fileSystem: Self.fs)
         let stats = try #require(harness.send(.statfs))

@@ -27,7 +27,7 @@ final class EngineIntegrationTests {
         if let mi = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) {
             for line in mi.split(separator: "\n").reversed() {
                 let f = line.split(separator: " ")
-                if f.count > 4, f[4].hasPrefix(dir) { _ = umount2(String(f[4]), MNT_DETACH) }
+                if f.count > 4, f[4].hasPrefix(dir) { _ = umount2(String(f[4]), Int32(MNT_DETACH)) }
             }
         }
         try? FileManager.default.removeItem(atPath: dir)

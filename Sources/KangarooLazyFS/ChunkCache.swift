@@ -1,0 +1,148 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import KangarooImage
+import Synchronization
+
+/// The on-disk chunk cache (docs/FORMAT.md section 7): per blob a sparse
+/// `<blobhex>.data` file holding verified chunks at their uncompressed block
+/// addresses (byte-for-byte what `materialize` writes, so the kernel can mount
+/// it) and a `<blobhex>.bitmap` with one bit per 4 KiB block of `.data`.
+///
+/// Crash-safe order for every store: pwrite the data, fdatasync `.data`, then
+/// set the bits, pwrite the changed bitmap bytes and fdatasync `.bitmap`. A
+/// set bit therefore always covers durable, verified bytes; a crash can only
+/// lose bits (those chunks are fetched again).
+public final class ChunkCache: Sendable {
+    final class BlobFile: Sendable {
+        let digestHex: String
+        let dataPath: String
+        let dataFD: Int32
+        let bitmapFD: Int32
+        let blocks: UInt64
+        let bits: Mutex<[UInt8]>
+
+        init(directory: String, blob: BlobInfo) throws(LazyFSError) {
+            digestHex = blob.digestHex
+            blocks = blob.uncompressedSize / 4096
+            dataPath = directory + "/" + blob.digestHex + ".data"
+            let bitmapPath = directory + "/" + blob.digestHex + ".bitmap"
+            let hadData = Sys.exists(dataPath)
+            let data = try Sys.open(dataPath, O_RDWR | O_CREAT)
+            let bitmap: Int32
+            do { bitmap = try Sys.open(bitmapPath, O_RDWR | O_CREAT) } catch {
+                Sys.close(data)
+                throw error
+            }
+            dataFD = data
+            bitmapFD = bitmap
+            let bitmapBytes = Int((blocks + 7) / 8)
+            var loaded = [UInt8](repeating: 0, count: bitmapBytes)
+            do {
+                let dataSize = try Sys.fileSize(data)
+                let bitmapSize = try Sys.fileSize(bitmap)
+                // A bitmap is only trusted next to the data file it describes.
+                if hadData, dataSize == blob.uncompressedSize, bitmapSize == UInt64(bitmapBytes) {
+                    _ = try Sys.preadFull(bitmap, into: &loaded, at: 0, what: bitmapPath)
+                } else {
+                    try Sys.ftruncate(bitmap, 0, what: bitmapPath)
+                    try Sys.ftruncate(bitmap, UInt64(bitmapBytes), what: bitmapPath)
+                    try Sys.fdatasync(bitmap, what: bitmapPath)
+                    if dataSize != blob.uncompressedSize {
+                        try Sys.ftruncate(data, blob.uncompressedSize, what: dataPath)
+                    }
+                }
+            } catch {
+                Sys.close(data)
+                Sys.close(bitmap)
+                throw error
+            }
+            bits = Mutex(loaded)
+        }
+
+        deinit {
+            Sys.close(dataFD)
+            Sys.close(bitmapFD)
+        }
+
+        func isSet(_ range: Range<UInt64>) -> Bool {
+            bits.withLock { bits in
+                for block in range where bits[Int(block / 8)] & (1 << UInt8(block % 8)) == 0 { return false }
+                return true
+            }
+        }
+    }
+
+    public let directory: String
+    let files: [BlobFile]
+    let chunks: [ChunkInfo]
+
+    /// Opens (creating as needed) the cache entries of every blob of `bootstrap`.
+    public init(directory: String, bootstrap: Bootstrap) throws(LazyFSError) {
+        try Sys.mkdirs(directory)
+        self.directory = directory
+        var files: [BlobFile] = []
+        for blob in bootstrap.blobs { files.append(try BlobFile(directory: directory, blob: blob)) }
+        self.files = files
+        self.chunks = bootstrap.chunks
+    }
+
+    /// The `.data` file of blob `index` (a `device=` for the kernel mount).
+    public func dataPath(blob index: Int) -> String { files[index].dataPath }
+
+    static func blockRange(_ chunk: ChunkInfo) -> Range<UInt64> {
+        UInt64(chunk.blockAddress)..<(UInt64(chunk.blockAddress) + max(1, chunk.blocks))
+    }
+
+    /// True when ToC chunk `index` is present and verified.
+    public func isCached(_ index: Int) -> Bool {
+        let chunk = chunks[index]
+        return files[chunk.blob].isSet(Self.blockRange(chunk))
+    }
+
+    /// How many ToC chunks are cached.
+    public func cachedCount() -> Int { chunks.indices.reduce(0) { $0 + (isCached($1) ? 1 : 0) } }
+
+    /// True when every chunk of the image is cached (kernel handoff possible).
+    public var isComplete: Bool { chunks.indices.allSatisfy(isCached) }
+
+    /// Copies cached bytes of chunk `index` from `offset` within the chunk.
+    public func read(_ index: Int, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(LazyFSError) -> Int {
+        let chunk = chunks[index]
+        let file = files[chunk.blob]
+        let count = min(buffer.count, max(0, Int(chunk.uncompressedSize) - offset))
+        guard count > 0 else { return 0 }
+        let at = UInt64(chunk.blockAddress) * 4096 + UInt64(offset)
+        return try Sys.preadFull(file.dataFD, UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count]), at: at, what: file.dataPath)
+    }
+
+    /// Persists verified chunks (ToC index, uncompressed bytes) of one blob
+    /// in the crash-safe order described above.
+    public func store(_ items: [(index: Int, data: [UInt8])]) throws(LazyFSError) {
+        var byBlob: [Int: [(index: Int, data: [UInt8])]] = [:]
+        for item in items { byBlob[chunks[item.index].blob, default: []].append(item) }
+        for (blob, group) in byBlob {
+            let file = files[blob]
+            for item in group {
+                let chunk = chunks[item.index]
+                try Sys.pwriteAll(file.dataFD, bytes: item.data, at: UInt64(chunk.blockAddress) * 4096, what: file.dataPath)
+            }
+            try Sys.fdatasync(file.dataFD, what: file.dataPath)
+            try file.bits.withLock { (bits) throws(LazyFSError) in
+                var low = Int.max, high = -1
+                for item in group {
+                    for block in Self.blockRange(chunks[item.index]) {
+                        let byte = Int(block / 8)
+                        bits[byte] |= 1 << UInt8(block % 8)
+                        low = min(low, byte)
+                        high = max(high, byte)
+                    }
+                }
+                guard high >= low else { return }
+                // Written under the lock so the on-disk bytes only ever gain bits.
+                try Sys.pwriteAll(file.bitmapFD, bytes: Array(bits[low...high]), at: UInt64(low), what: file.digestHex + ".bitmap")
+            }
+            try Sys.fdatasync(file.bitmapFD, what: file.digestHex + ".bitmap")
+        }
+    }
+}

@@ -1,1 +1,0 @@
-// KangarooLazyFS: see docs/ARCHITECTURE.md for this module's purpose.

@@ -1,0 +1,232 @@
+import ArgumentParser
+import Foundation
+import KangarooImage
+import KangarooLazyFS
+import KangarooOCI
+import Logging
+
+extension ImageCommand {
+    struct Mount: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Mount a Kangaroo image lazily: only the bootstrap is fetched first, file data on first read.",
+            discussion: """
+            REF is a store name, oci:DIR[:TAG] or a registry reference (then only the manifest, config and \
+            bootstrap are pulled; chunks come with HTTP range requests). Chunks are verified and kept in the \
+            chunk cache (--cache). --mode kernel mounts with the kernel's EROFS driver from a complete cache; \
+            auto picks kernel when the cache is complete, FUSE otherwise. Runs in the foreground until \
+            unmounted (kangaroo image umount) or interrupted, or detached with --daemon.
+            """)
+
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "The image (store name, registry reference or oci:DIR:TAG).") var reference: String
+        @Argument(help: "Where to mount it (an existing directory).") var mountPoint: String
+        @Option(help: "Chunk cache directory.") var cache: String = "/var/lib/kangaroo/cache"
+        @Option(help: "Background prefetch after mounting: none, list (the image's prefetch list) or all.")
+        var prefetch: String = "list"
+        @Option(help: "fuse, kernel (needs a complete cache) or auto.") var mode: String = "auto"
+        @Flag(help: "Detach: return once the mount is ready, the daemon keeps serving it.") var daemon = false
+        @Option(help: "Seconds a read may wait for its chunks before it fails with EIO.") var deadline: Double = 30
+        @Option(help: "Retries of a failed range request (within the deadline).") var retries: Int = 3
+        @Option(help: "Merge chunk requests whose compressed ranges are at most this far apart (bytes; K/M allowed).")
+        var mergeGap: String = "0"
+        @Option(help: "FUSE worker threads.") var threads: Int = 16
+        @Option(help: "Concurrent prefetch workers.") var prefetchConcurrency: Int = 2
+        @Option(help: "Record the files opened, in first-access order, into this prefetch list file.") var trace: String?
+
+        func run() async throws {
+            let started = Date()
+            let logger = options.makeLogger("kangaroo.lazyfs")
+            do {
+                guard let prefetchMode = PrefetchMode(rawValue: prefetch) else {
+                    throw CLIError("--prefetch '\(prefetch)' is not one of none, list, all")
+                }
+                guard ["fuse", "kernel", "auto"].contains(mode) else { throw CLIError("--mode '\(mode)' is not one of fuse, kernel, auto") }
+                guard deadline > 0, let gap = parseSize(mergeGap) else { throw CLIError("--deadline must be > 0 and --merge-gap a size") }
+                let mountPoint = MountControl.normalize(self.mountPoint)
+                var isDirectory: ObjCBool = false
+                guard FileManager.default.fileExists(atPath: mountPoint, isDirectory: &isDirectory), isDirectory.boolValue else {
+                    throw CLIError("mount point \(mountPoint) is not a directory")
+                }
+                if daemon { return try spawnDaemon(mountPoint: mountPoint) }
+
+                let cacheDirectory = MountControl.normalize(cache)
+                let (image, source, client) = try await resolve(logger: logger)
+                let complete = try ChunkCache(directory: cacheDirectory, bootstrap: image.bootstrap).isComplete
+                if mode == "kernel" || (mode == "auto" && complete) {
+                    try KernelMount.mount(image: image, cacheDirectory: cacheDirectory, at: mountPoint)
+                    print("mounted \(reference) at \(mountPoint) (kernel erofs) in \(milliseconds(since: started)) ms")
+                    fflush(stdout)
+                    try MountControl.writeState(.init(pid: 0, mountPoint: mountPoint, cacheDirectory: cacheDirectory,
+                                                      mode: "kernel", image: reference))
+                    await client?.shutdown()
+                    return
+                }
+
+                var mountOptions = LazyMount.Options(mountPoint: mountPoint, cacheDirectory: cacheDirectory)
+                mountOptions.prefetch = prefetchMode
+                mountOptions.prefetchConcurrency = max(1, prefetchConcurrency)
+                mountOptions.threads = max(1, threads)
+                mountOptions.fetch.deadline = .milliseconds(Int64(deadline * 1000))
+                mountOptions.fetch.retries = max(0, retries)
+                mountOptions.fetch.mergeGap = UInt64(gap)
+                mountOptions.tracePath = trace.map(MountControl.normalize)
+                mountOptions.statsPath = MountControl.statsPath(mountPoint)
+                try FileManager.default.createDirectory(atPath: MountControl.runDirectory, withIntermediateDirectories: true)
+                let lazy = try LazyMount(image: image, source: source, options: mountOptions, logger: logger)
+                try lazy.start()
+                print("mounted \(reference) at \(mountPoint) (fuse) in \(milliseconds(since: started)) ms")
+                fflush(stdout)
+                try MountControl.writeState(.init(pid: getpid(), mountPoint: mountPoint, cacheDirectory: cacheDirectory,
+                                                  mode: "fuse", image: reference))
+
+                let signals = installSignalHandlers { try? lazy.stop() }
+                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    Thread.detachNewThread {
+                        lazy.wait()
+                        continuation.resume()
+                    }
+                }
+                _ = signals
+                if MountControl.readState(mountPoint)?.pid == getpid() { MountControl.removeState(mountPoint) }
+                await client?.shutdown()
+            } catch {
+                fail(error)
+            }
+        }
+
+        /// The image and where its chunks come from.
+        func resolve(logger: Logger) async throws -> (KangarooImage, any ChunkSource, RegistryClient?) {
+            switch try ImageLocation.parse(reference) {
+            case .registry(let ref):
+                let store = try options.openStore()
+                let client = try options.registryClient(for: ref, logger: logger)
+                do {
+                    let (manifest, _) = try await client.manifest(ref)
+                    guard let first = manifest.layers.first, first.mediaType == KangarooMediaTypes.bootstrap else {
+                        throw CLIError("\(reference) is not a Kangaroo image: convert it first")
+                    }
+                    let tag = ref.description
+                    try await ImageTransfer(client: client, logger: logger).pull(ref, into: store, tag: tag, onlyLayers: [first.digest])
+                    let image = try KangarooImage.load(from: store, tag: tag)
+                    let source = RegistryChunkSource(client: client, repository: ref.repository, image: image,
+                                                     timeout: .milliseconds(Int64(deadline * 1000)))
+                    return (image, source, client)
+                } catch {
+                    await client.shutdown()
+                    throw error
+                }
+            case .store(let name):
+                let store = try options.openStore()
+                let image = try KangarooImage.load(from: store, tag: storeTag(name))
+                return (image, LayoutChunkSource(layout: store, image: image), nil)
+            case .ociLayout(let path, let tag):
+                let layout = try OCILayout(at: path, create: false)
+                let image = try KangarooImage.load(from: layout, tag: tag)
+                return (image, LayoutChunkSource(layout: layout, image: image), nil)
+            }
+        }
+
+        /// Re-runs this command without --daemon in a new session and returns
+        /// once its mount is up (or it failed).
+        func spawnDaemon(mountPoint: String) throws {
+            let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+            let args = CommandLine.arguments.dropFirst().filter { $0 != "--daemon" }
+            try FileManager.default.createDirectory(atPath: MountControl.runDirectory, withIntermediateDirectories: true)
+            let logPath = MountControl.statePath(mountPoint).replacingOccurrences(of: ".json", with: ".log")
+            FileManager.default.createFile(atPath: logPath, contents: nil)
+            let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
+            process.arguments = [exe] + args
+            process.standardInput = FileHandle.nullDevice
+            process.standardOutput = log
+            process.standardError = log
+            let before = MountControl.mountedType(mountPoint)
+            try process.run()
+            let limit = Date().addingTimeInterval(300)
+            while Date() < limit {
+                let now = MountControl.mountedType(mountPoint)
+                if let now, now == "fuse.kangaroo" || now == "erofs", now != before,
+                   let state = MountControl.readState(mountPoint), state.mode == "kernel" || MountControl.isAlive(state.pid) {
+                    let text = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+                    print(text.split(separator: "\n").first(where: { $0.hasPrefix("mounted") }).map(String.init)
+                          ?? "mounted \(reference) at \(mountPoint) (\(now))")
+                    if state.mode == "fuse" { print("daemon pid \(state.pid), log \(logPath)") }
+                    return
+                }
+                if !process.isRunning {
+                    let text = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+                    if process.terminationStatus == 0, MountControl.mountedType(mountPoint) == "erofs" {
+                        print(text.trimmingCharacters(in: .whitespacesAndNewlines))
+                        return
+                    }
+                    throw CLIError("mount daemon exited with status \(process.terminationStatus):\n\(text.suffix(2000))")
+                }
+                usleep(5_000)
+            }
+            throw CLIError("mount daemon did not mount \(mountPoint) within 300 s (log: \(logPath))")
+        }
+    }
+
+    struct Umount: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "umount",
+            abstract: "Unmount a lazy mount and stop its daemon; also removes a dead mount left by a crashed daemon.")
+
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "The mount point.") var mountPoint: String
+
+        func run() async throws {
+            do { print(try MountControl.unmount(mountPoint)) } catch { fail(error) }
+        }
+    }
+
+    struct Stats: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show a lazy mount's counters: bytes fetched, chunks cached, cache hits, fetch latency, errors.")
+
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "The mount point.") var mountPoint: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let path = MountControl.normalize(mountPoint)
+            guard let s = MountControl.readStats(path) else {
+                let state = MountControl.readState(path)
+                fail(CLIError(state?.mode == "kernel" ? "\(path) is a kernel EROFS mount: every chunk is cached, nothing is fetched"
+                              : "no stats for \(path): not a lazy FUSE mount made by kangaroo image mount"))
+            }
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                print(String(decoding: (try? encoder.encode(s)) ?? Data(), as: UTF8.self))
+                return
+            }
+            func row(_ k: String, _ v: String) { print(k.padding(toLength: 16, withPad: " ", startingAt: 0) + v) }
+            row("mount", "\(s.mountPoint) (\(s.mode), pid \(s.pid))")
+            row("fetched", "\(formatBytes(Int64(s.bytesFetched))) in \(s.rangeRequests) range requests, \(s.chunksFetched) chunks")
+            row("cached", "\(s.chunksCached) of \(s.chunksTotal) chunks")
+            row("cache", "\(s.cacheHits) hits, \(s.cacheMisses) misses")
+            row("latency", String(format: "p50 %.1f ms, p90 %.1f ms, p99 %.1f ms", s.fetchLatencyP50Ms, s.fetchLatencyP90Ms, s.fetchLatencyP99Ms))
+            row("in flight", "\(s.inFlight) chunks")
+            row("errors", "\(s.errors) (\(s.verificationFailures) verification, \(s.timeouts) timeouts)")
+            row("prefetch", s.prefetchDone ? "done" : "running")
+            row("updated", String(format: "%.1f s ago", Date().timeIntervalSince1970 - s.updatedAt))
+        }
+    }
+}
+
+private func milliseconds(since start: Date) -> String {
+    String(format: "%.1f", Date().timeIntervalSince(start) * 1000)
+}
+
+/// SIGINT/SIGTERM run `handler` once (on a background thread).
+private func installSignalHandlers(_ handler: @escaping @Sendable () -> Void) -> [DispatchSourceSignal] {
+    [SIGINT, SIGTERM].map { sig in
+        signal(sig, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+        source.setEventHandler { Thread.detachNewThread { handler() } }
+        source.resume()
+        return source
+    }
+}

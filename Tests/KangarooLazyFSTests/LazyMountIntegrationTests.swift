@@ -1,0 +1,243 @@
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The lazy mount through the CLI binary, against the kernel's EROFS mount
+/// of the same image (root, KANGAROO_INTEGRATION=1, test images from
+/// scripts/testimages/build-all.sh).
+@Suite("lazy mount (FUSE) vs kernel EROFS", .serialized,
+       .enabled(if: IntegrationEnv.enabled, "needs root and KANGAROO_INTEGRATION=1"))
+struct LazyMountIntegrationTests {
+    static let images: [(layout: String, tag: String)] = [
+        ("sample", "latest"),
+        ("synthetic", "synthetic"),
+        ("debian-python", "python"),
+    ]
+
+    /// Converts a test image into `tmp`'s store as img:TAG and mounts it with the kernel at tmp/kernel.
+    static func prepare(_ tmp: MountTemp, _ image: (layout: String, tag: String)) throws {
+        try tmp.kangaroo(["image", "convert", "--quiet", "oci:\(IntegrationEnv.images)/\(image.layout):\(image.tag)", "img:\(image.tag)"])
+        try tmp.kangaroo(["image", "materialize", "--mount", tmp.sub("kernel"), "img:\(image.tag)", tmp.sub("materialized")])
+    }
+
+    static func mount(_ tmp: MountTemp, _ ref: String, _ mp: String, _ extra: [String] = [], check: Bool = true) throws -> CommandResult {
+        try FileManager.default.createDirectory(atPath: mp, withIntermediateDirectories: true)
+        return try tmp.kangaroo(["image", "mount", "--daemon", "--cache", tmp.sub("cache")] + extra + [ref, mp], check: check)
+    }
+
+    @Test("FUSE mount equals the kernel EROFS mount", arguments: images)
+    func fuseEqualsKernel(image: (layout: String, tag: String)) throws {
+        let tmp = try MountTemp("equal")
+        try Self.prepare(tmp, image)
+        let r = try Self.mount(tmp, "img:\(image.tag)", tmp.sub("fuse"), ["--mode", "fuse", "--prefetch", "none"])
+        #expect(r.stdout.contains("(fuse)"), "\(r.output)")
+        #expect(mountType(tmp.sub("fuse")) == "fuse.kangaroo")
+        try expectSameTree(tmp.sub("kernel"), tmp.sub("fuse"), "FUSE vs kernel EROFS of \(image)")
+        let stats = try tmp.kangaroo(["image", "stats", "--json", tmp.sub("fuse")])
+        #expect(stats.stdout.contains("\"cacheMisses\""))
+        try tmp.kangaroo(["image", "umount", tmp.sub("fuse")])
+        #expect(mountType(tmp.sub("fuse")) == nil)
+        // Everything was read once: the cache is complete, so auto picks the kernel.
+        let again = try Self.mount(tmp, "img:\(image.tag)", tmp.sub("fuse"), ["--mode", "auto"])
+        #expect(again.stdout.contains("kernel erofs"), "\(again.output)")
+        #expect(mountType(tmp.sub("fuse")) == "erofs")
+        try expectSameTree(tmp.sub("kernel"), tmp.sub("fuse"), "kernel mount of the chunk cache vs materialized \(image)")
+        try tmp.kangaroo(["image", "umount", tmp.sub("fuse")])
+        #expect(mountType(tmp.sub("fuse")) == nil)
+    }
+
+    @Test("8 threads of random-offset reads get the kernel mount's bytes")
+    func concurrentRandomReads() throws {
+        let tmp = try MountTemp("random")
+        let image = ("debian-python", "python")
+        try Self.prepare(tmp, image)
+        try Self.mount(tmp, "img:python", tmp.sub("fuse"), ["--mode", "fuse", "--prefetch", "none"])
+        // The largest regular files of the image.
+        var files: [(String, Int)] = []
+        let base = tmp.sub("kernel")
+        let enumerator = FileManager.default.enumerator(atPath: base)
+        while let rel = enumerator?.nextObject() as? String {
+            var st = stat()
+            if lstat(base + "/" + rel, &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_size > 1 << 20 { files.append((rel, Int(st.st_size))) }
+        }
+        files.sort { $0.1 > $1.1 }
+        let picked = Array(files.prefix(8))
+        #expect(picked.count >= 4)
+        let mismatches = Mismatches()
+        DispatchQueue.concurrentPerform(iterations: 8) { t in
+            var generator = SystemRandomNumberGenerator()
+            for i in 0..<40 {
+                let (rel, size) = picked[(t + i) % picked.count]
+                let count = Int.random(in: 1...300_000, using: &generator)
+                let offset = Int.random(in: 0..<size, using: &generator)
+                let a = readRange(tmp.sub("fuse") + "/" + rel, offset, count)
+                let b = readRange(base + "/" + rel, offset, count)
+                if a == nil || a != b { mismatches.add("\(rel) at \(offset)+\(count)") }
+            }
+        }
+        #expect(mismatches.items.isEmpty, "\(mismatches.items.prefix(5))")
+        try tmp.kangaroo(["image", "umount", tmp.sub("fuse")])
+    }
+
+    @Test("overlayfs on the FUSE mount runs python3 in a chroot")
+    func overlayPython() throws {
+        let tmp = try MountTemp("overlay")
+        try tmp.kangaroo(["image", "convert", "--quiet", "oci:\(IntegrationEnv.images)/debian-python:python", "img:python"])
+        try Self.mount(tmp, "img:python", tmp.sub("fuse"), ["--mode", "fuse", "--prefetch", "list"])
+        for d in ["upper", "work", "merged"] { try FileManager.default.createDirectory(atPath: tmp.sub(d), withIntermediateDirectories: true) }
+        let options = "lowerdir=\(tmp.sub("fuse")),upperdir=\(tmp.sub("upper")),workdir=\(tmp.sub("work"))"
+        #expect(Glibc.mount("overlay", tmp.sub("merged"), "overlay", 0, options) == 0, "overlay mount: errno \(errno)")
+        let r = try run("chroot", [tmp.sub("merged"), "/usr/bin/python3", "-c",
+                                   "import json, http.server; open('/tmp/ok', 'w').write(json.dumps({'ok': 1}))"])
+        #expect(r.status == 0, "\(r.output)")
+        #expect(FileManager.default.fileExists(atPath: tmp.sub("upper/tmp/ok")), "copy-up into the upper dir")
+        #expect(umount(tmp.sub("merged")) == 0)
+        try tmp.kangaroo(["image", "umount", tmp.sub("fuse")])
+    }
+
+    @Test("a tampered blob gives EIO, never wrong bytes, and the log names the chunk")
+    func tamperedBlob() throws {
+        let tmp = try MountTemp("tamper")
+        try tmp.kangaroo(["image", "convert", "--quiet", "oci:\(IntegrationEnv.images)/sample:latest", "img"])
+        // Flip one byte in the middle of every blob of the image.
+        let inspect = try tmp.kangaroo(["image", "inspect", "--json", "img"])
+        let object = try JSONSerialization.jsonObject(with: Data(inspect.stdout.utf8)) as? [String: Any]
+        let blobs = (object?["blobs"] as? [[String: Any]])?.compactMap { $0["digest"] as? String } ?? []
+        #expect(!blobs.isEmpty)
+        for digest in blobs {
+            let path = tmp.sub("store/blobs/sha256/") + digest.replacingOccurrences(of: "sha256:", with: "")
+            let fd = open(path, O_RDWR)
+            #expect(fd >= 0)
+            var st = stat()
+            fstat(fd, &st)
+            var byte: UInt8 = 0
+            pread(fd, &byte, 1, off_t(st.st_size / 2))
+            byte ^= 0xFF
+            pwrite(fd, &byte, 1, off_t(st.st_size / 2))
+            close(fd)
+        }
+        try Self.mount(tmp, "img", tmp.sub("fuse"), ["--mode", "fuse", "--prefetch", "none"])
+        // Read every file: the ones whose chunk was hit fail with EIO.
+        let r = try run("sh", ["-c", "cd \(tmp.sub("fuse")) && find . -type f -exec cat {} + > /dev/null"])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("Input/output error"), "\(r.stderr.suffix(500))")
+        let stats = try tmp.kangaroo(["image", "stats", "--json", tmp.sub("fuse")])
+        #expect(stats.stdout.contains("\"verificationFailures\" : 1") || stats.stdout.range(of: "\"verificationFailures\" : [1-9]", options: .regularExpression) != nil, "\(stats.stdout)")
+        try tmp.kangaroo(["image", "umount", tmp.sub("fuse")])
+        let logs = (try? FileManager.default.contentsOfDirectory(atPath: tmp.runDir))?.filter { $0.hasSuffix(".log") } ?? []
+        let log = logs.compactMap { try? String(contentsOfFile: tmp.runDir + "/" + $0, encoding: .utf8) }.joined()
+        #expect(log.contains("failed verification and is not served"), "\(log.suffix(1000))")
+        #expect(log.range(of: "chunk [0-9]+ \\(blob sha256:", options: .regularExpression) != nil)
+    }
+
+    @Test("kill -9 of the daemon mid-prefetch, umount of the dead mount, remount resumes from the cache")
+    func killAndResume() throws {
+        let tmp = try MountTemp("kill")
+        try Self.prepare(tmp, ("debian-python", "python"))
+        let r = try Self.mount(tmp, "img:python", tmp.sub("fuse"), ["--mode", "fuse", "--prefetch", "all"])
+        let pid = r.stdout.split(separator: "\n").first { $0.hasPrefix("daemon pid") }?.split(separator: " ")[2]
+        let daemon = pid.flatMap { Int32($0.filter(\.isNumber)) } ?? 0
+        #expect(daemon > 0, "\(r.output)")
+        usleep(700_000)
+        kill(daemon, SIGKILL)
+        for _ in 0..<100 where kill(daemon, 0) == 0 { usleep(20_000) }
+        #expect(try run("stat", [tmp.sub("fuse")]).stderr.contains("Transport endpoint is not connected"))
+        let u = try tmp.kangaroo(["image", "umount", tmp.sub("fuse")])
+        #expect(u.stdout.contains("dead mount"), "\(u.output)")
+        #expect(mountType(tmp.sub("fuse")) == nil)
+        // Remount: the verified chunks are reused, the tree equals the kernel's.
+        try Self.mount(tmp, "img:python", tmp.sub("fuse"), ["--mode", "fuse", "--prefetch", "none"])
+        let before = try statsJSON(tmp, tmp.sub("fuse"))
+        let cachedAtStart = before["chunksCached"] as? Int ?? 0
+        let total = before["chunksTotal"] as? Int ?? 0
+        #expect(cachedAtStart > 0 && cachedAtStart < total, "cached \(cachedAtStart) of \(total)")
+        try expectSameTree(tmp.sub("kernel"), tmp.sub("fuse"), "remount after kill -9")
+        usleep(1_200_000)
+        let after = try statsJSON(tmp, tmp.sub("fuse"))
+        let fetched = after["chunksFetched"] as? Int ?? -1
+        #expect(fetched >= 0 && fetched <= total - cachedAtStart, "fetched \(fetched), \(cachedAtStart) were cached, \(total) total")
+        try tmp.kangaroo(["image", "umount", tmp.sub("fuse")])
+    }
+
+    @Test("registry source: range requests; a stopped registry gives EIO within the deadline; cached data keeps being served")
+    func registrySourceAndDeadline() throws {
+        let tmp = try MountTemp("registry")
+        let registry = try TestRegistry()
+        try Self.prepare(tmp, ("sample", "latest"))
+        let ref = "\(registry.host)/lazy/sample:v1"
+        try tmp.kangaroo(["image", "push", "--quiet", "img:latest", ref])
+        // A fresh store: only manifest, config and bootstrap are pulled.
+        let lazyStore = tmp.sub("lazystore")
+        let mp = tmp.sub("fuse")
+        try FileManager.default.createDirectory(atPath: mp, withIntermediateDirectories: true)
+        try run(IntegrationEnv.kangaroo, ["image", "mount", "--daemon", "--mode", "fuse", "--prefetch", "none", "--deadline", "3",
+                                          "--retries", "1", "--cache", tmp.sub("regcache"), "--store", lazyStore, ref, mp],
+                env: ["KANGAROO_RUN_DIR": tmp.runDir], check: true)
+        let blobs = try FileManager.default.contentsOfDirectory(atPath: lazyStore + "/blobs/sha256")
+        #expect(blobs.count == 3, "manifest, config, bootstrap only: \(blobs)")
+        // Read half the files through the registry.
+        var files: [String] = []
+        let enumerator = FileManager.default.enumerator(atPath: tmp.sub("kernel"))
+        while let rel = enumerator?.nextObject() as? String {
+            var st = stat()
+            if lstat(tmp.sub("kernel/") + rel, &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_size > 0 { files.append(rel) }
+        }
+        files.sort()
+        let warm = files.enumerated().filter { $0.offset % 2 == 0 }.map(\.element)
+        let cold = files.enumerated().filter { $0.offset % 2 == 1 }.map(\.element)
+        for rel in warm {
+            #expect(FileManager.default.contents(atPath: mp + "/" + rel) == FileManager.default.contents(atPath: tmp.sub("kernel/") + rel), "\(rel)")
+        }
+        // Registry frozen: an uncached read fails with EIO within the deadline.
+        kill(registry.process.processIdentifier, SIGSTOP)
+        defer { kill(registry.process.processIdentifier, SIGCONT) }
+        let start = Date()
+        var failed = 0
+        for rel in cold.prefix(3) {
+            let r = try run("cat", [mp + "/" + rel])
+            if r.status != 0 {
+                failed += 1
+                #expect(r.stderr.contains("Input/output error"), "\(r.stderr)")
+            }
+        }
+        let elapsed = Date().timeIntervalSince(start)
+        #expect(failed >= 1, "no uncached read failed while the registry was stopped")
+        #expect(elapsed < Double(failed) * 8 + 5, "EIO took \(elapsed) s for \(failed) reads (deadline 3 s)")
+        for rel in warm.prefix(5) {
+            #expect(FileManager.default.contents(atPath: mp + "/" + rel) == FileManager.default.contents(atPath: tmp.sub("kernel/") + rel), "cached \(rel)")
+        }
+        kill(registry.process.processIdentifier, SIGCONT)
+        // Registry back: everything reads correctly.
+        try expectSameTree(tmp.sub("kernel"), mp, "registry-backed FUSE mount")
+        try tmp.kangaroo(["image", "umount", mp])
+    }
+}
+
+func statsJSON(_ tmp: MountTemp, _ mp: String) throws -> [String: Any] {
+    let r = try tmp.kangaroo(["image", "stats", "--json", mp])
+    return (try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]) ?? [:]
+}
+
+func readRange(_ path: String, _ offset: Int, _ count: Int) -> [UInt8]? {
+    let fd = open(path, O_RDONLY)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var out = [UInt8](repeating: 0, count: count)
+    var done = 0
+    while done < count {
+        let n = out.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset + done)) }
+        if n < 0 { return nil }
+        if n == 0 { break }
+        done += n
+    }
+    return Array(out.prefix(done))
+}
+
+final class Mismatches: @unchecked Sendable {
+    private let lock = NSLock()
+    private(set) var list: [String] = []
+    func add(_ s: String) { lock.lock(); list.append(s); lock.unlock() }
+    var items: [String] { lock.lock(); defer { lock.unlock() }; return list }
+}
