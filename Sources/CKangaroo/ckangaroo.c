@@ -525,6 +525,15 @@ __attribute__((noreturn))
 static void child_main(const struct kr_init_config *c) {
     g_sync = c->sync_fd;
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    // The container starts with default signal dispositions and an empty
+    // mask, whatever the caller of the runtime had.
+    for (int sig = 1; sig < _NSIG; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP) continue;
+        signal(sig, SIG_DFL);
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
     // 'G' may carry the container state JSON (with our pid) for hooks.
     static char go[65536];
     ssize_t gn;

@@ -11,40 +11,70 @@ extension Bootstrap {
     public func readdir(_ inode: ImageInode) throws(ImageError) -> [DirectoryEntry] {
         guard inode.kind == .directory else { throw ImageError(.invalidArgument, "inode \(inode.nid) is not a directory") }
         let data = try flatData(inode)
-        let bs = EROFS.blockSize
         var entries: [DirectoryEntry] = []
         var blockStart = 0
         while blockStart < data.count {
-            let blockLen = min(bs, data.count - blockStart)
-            let block = ByteView(Array(data[blockStart..<(blockStart + blockLen)]))
-            let first = Int(try block.u16(8))
-            guard first >= EROFS.direntSize, first < blockLen, first % EROFS.direntSize == 0 else {
-                throw ImageError.corrupt("directory \(inode.nid) block \(blockStart / bs) has bad first name offset \(first)")
+            let block = try direntBlock(data, at: blockStart, nid: inode.nid)
+            if let prev = entries.last, let first = block.first, !byteLess(prev.nameBytes, first.nameBytes) {
+                throw ImageError.corrupt("directory \(inode.nid) entries are not strictly sorted")
             }
-            let n = first / EROFS.direntSize
-            for i in 0..<n {
-                let o = i * EROFS.direntSize
-                let nid = try block.u64(o), nameOff = Int(try block.u16(o + 8)), type = try block.u8(o + 10)
-                var nameEnd: Int
-                if i + 1 < n {
-                    nameEnd = Int(try block.u16(o + EROFS.direntSize + 8))
-                } else {
-                    nameEnd = blockLen
-                }
-                guard nameOff >= first, nameOff < nameEnd, nameEnd <= blockLen else {
-                    throw ImageError.corrupt("directory \(inode.nid) entry \(i) has bad name offsets \(nameOff)..<\(nameEnd)")
-                }
-                var name = Array(try block.slice(nameOff, nameEnd - nameOff))
-                if i + 1 == n, let nul = name.firstIndex(of: 0) { name = Array(name[..<nul]) }
-                guard !name.isEmpty, name.count <= EROFS.nameMax, !name.contains(0), !name.contains(UInt8(ascii: "/")) else {
-                    throw ImageError.corrupt("directory \(inode.nid) has an invalid entry name")
-                }
-                if let prev = entries.last, !byteLess(prev.nameBytes, name) {
-                    throw ImageError.corrupt("directory \(inode.nid) entries are not strictly sorted")
-                }
-                entries.append(DirectoryEntry(name: String(decoding: name, as: UTF8.self), nameBytes: name, nid: nid, fileType: type))
+            entries.append(contentsOf: block)
+            blockStart += EROFS.blockSize
+        }
+        return entries
+    }
+
+    /// Finds one entry by name with a binary search over the directory's
+    /// blocks (as the kernel does), parsing only the blocks it visits.
+    public func lookup(in dir: ImageInode, name: String) throws(ImageError) -> DirectoryEntry? {
+        guard dir.kind == .directory else { throw ImageError(.invalidArgument, "inode \(dir.nid) is not a directory") }
+        let data = try flatData(dir)
+        let key = Array(name.utf8)
+        let blocks = (data.count + EROFS.blockSize - 1) / EROFS.blockSize
+        var lo = 0, hi = blocks
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            let entries = try direntBlock(data, at: mid * EROFS.blockSize, nid: dir.nid)
+            guard let first = entries.first, let last = entries.last else { return nil }
+            if byteLess(key, first.nameBytes) {
+                hi = mid
+            } else if byteLess(last.nameBytes, key) {
+                lo = mid + 1
+            } else {
+                return entries.first { $0.nameBytes == key }
             }
-            blockStart += bs
+        }
+        return nil
+    }
+
+    /// Parses and validates one directory block.
+    private func direntBlock(_ data: [UInt8], at blockStart: Int, nid dirNid: UInt64) throws(ImageError) -> [DirectoryEntry] {
+        let bs = EROFS.blockSize
+        let blockLen = min(bs, data.count - blockStart)
+        let block = ByteView(Array(data[blockStart..<(blockStart + blockLen)]))
+        let first = Int(try block.u16(8))
+        guard first >= EROFS.direntSize, first < blockLen, first % EROFS.direntSize == 0 else {
+            throw ImageError.corrupt("directory \(dirNid) block \(blockStart / bs) has bad first name offset \(first)")
+        }
+        let n = first / EROFS.direntSize
+        var entries: [DirectoryEntry] = []
+        entries.reserveCapacity(n)
+        for i in 0..<n {
+            let o = i * EROFS.direntSize
+            let nid = try block.u64(o), nameOff = Int(try block.u16(o + 8)), type = try block.u8(o + 10)
+            let nameEnd = i + 1 < n ? Int(try block.u16(o + EROFS.direntSize + 8)) : blockLen
+            guard nameOff >= first, nameOff < nameEnd, nameEnd <= blockLen else {
+                throw ImageError.corrupt("directory \(dirNid) entry \(i) has bad name offsets \(nameOff)..<\(nameEnd)")
+            }
+            var name = Array(try block.slice(nameOff, nameEnd - nameOff))
+            if i + 1 == n, let nul = name.firstIndex(of: 0) { name = Array(name[..<nul]) }
+            guard !name.isEmpty, name.count <= EROFS.nameMax, !name.contains(0), !name.contains(UInt8(ascii: "/")) else {
+                throw ImageError.corrupt("directory \(dirNid) has an invalid entry name")
+            }
+            if let prev = entries.last, !byteLess(prev.nameBytes, name) {
+                throw ImageError.corrupt("directory \(dirNid) entries are not strictly sorted")
+            }
+            entries.append(DirectoryEntry(name: String(decoding: name, as: UTF8.self), nameBytes: name, nid: nid, fileType: type))
         }
         return entries
     }
@@ -59,16 +89,9 @@ extension Bootstrap {
         var current = try inode(rootNid)
         for component in path.split(separator: "/", omittingEmptySubsequences: true) where component != "." {
             guard current.kind == .directory else { throw ImageError(.notFound, "'\(path)': '\(component)' is below a non-directory") }
-            let name = Array(component.utf8)
-            let entries = try readdir(current)
-            var lo = 0, hi = entries.count
-            var found: DirectoryEntry?
-            while lo < hi {
-                let mid = (lo + hi) / 2
-                if entries[mid].nameBytes == name { found = entries[mid]; break }
-                if byteLess(entries[mid].nameBytes, name) { lo = mid + 1 } else { hi = mid }
+            guard let found = try lookup(in: current, name: String(component)) else {
+                throw ImageError(.notFound, "'\(path)' does not exist in the image")
             }
-            guard let found else { throw ImageError(.notFound, "'\(path)' does not exist in the image") }
             current = try inode(found.nid)
         }
         return current

@@ -1,4 +1,5 @@
 import Foundation
+import SystemPackage
 
 /// Files for a kernel EROFS mount of an image.
 public struct MaterializedImage: Sendable {
@@ -43,5 +44,12 @@ extension KangarooImage {
     /// `kangaroo image materialize`.
     public func materialize(to directory: String, source: any ChunkSource) throws -> MaterializedImage {
         try bootstrap.materialize(to: directory, source: source)
+    }
+
+    /// `unpack` with a `FilePath`.
+    public func unpack(to path: FilePath, source: any ChunkSource) throws { try unpack(to: path.string, source: source) }
+    /// `materialize` with a `FilePath`.
+    public func materialize(to directory: FilePath, source: any ChunkSource) throws -> MaterializedImage {
+        try materialize(to: directory.string, source: source)
     }
 }

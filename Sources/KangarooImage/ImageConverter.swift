@@ -56,7 +56,11 @@ public struct ImageConverter: Sendable {
     public func convert(source: OCILayout, manifest: ImageManifest, destination: OCILayout, tag: String?) throws(ImageError) -> ConvertResult {
         var dictionary = ChunkDictionary()
         for image in dictionaries { dictionary.add(image.bootstrap) }
-        let work = FileManager.default.temporaryDirectory.appendingPathComponent("kangaroo-convert-\(UInt64.random(in: 0...UInt64.max))").path
+        // The work directory lives in the destination (same filesystem, no
+        // files outside it); one left by a crashed convert is removed here.
+        let workRoot = destination.root.appending("tmp").string
+        Self.removeStaleWorkDirectories(in: workRoot)
+        let work = workRoot + "/convert-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
         do { try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true) } catch {
             throw ImageError(.io, "cannot create work directory \(work): \(error)")
         }
@@ -64,6 +68,7 @@ public struct ImageConverter: Sendable {
 
         let builder = try ImageBuilder(options: options, dictionary: dictionary, workDirectory: work, progress: progress)
         for (i, layer) in manifest.layers.enumerated() {
+            try Self.verifyBlob(source.blobPath(layer.digest).string, layer, what: "layer \(i)")
             let compression: LayerReader.Compression = MediaTypes.layerCompression(layer.mediaType) ?? .auto
             let reader: LayerReader
             do { reader = try LayerReader(path: source.blobPath(layer.digest), compression: compression) } catch {
@@ -93,7 +98,7 @@ public struct ImageConverter: Sendable {
                 }
                 layers.append(Descriptor(mediaType: KangarooMediaTypes.blob, digest: digest, size: Int64(blob.compressedSize)))
             }
-            // The config blob is the source image's, unchanged.
+            // The config blob is the source image's, unchanged (importBlob verifies its digest).
             if !destination.hasBlob(manifest.config.digest) {
                 _ = try destination.importBlob(from: source.blobPath(manifest.config.digest), expected: manifest.config.digest)
             }
@@ -108,6 +113,40 @@ public struct ImageConverter: Sendable {
             throw error
         } catch {
             throw ImageError(.io, "cannot store the converted image in '\(destination.root)'", underlying: error as? OCIError)
+        }
+    }
+
+    /// Hashes a source blob and compares digest and size with its descriptor.
+    static func verifyBlob(_ path: String, _ descriptor: Descriptor, what: String) throws(ImageError) {
+        guard descriptor.digest.algorithm == "sha256" else { return }
+        let fd = try POSIX.open(path, O_RDONLY)
+        defer { POSIX.close(fd) }
+        let size = try POSIX.fileSize(fd)
+        guard descriptor.size >= 0, size == UInt64(descriptor.size) else {
+            throw ImageError(.source, "\(what) \(descriptor.digest) is \(size) bytes, its descriptor says \(descriptor.size)")
+        }
+        var hasher = DigestHasher()
+        var offset: UInt64 = 0
+        while offset < size {
+            let n = Int(min(UInt64(4 << 20), size - offset))
+            hasher.update(try POSIX.preadExact(fd, count: n, at: offset))
+            offset += UInt64(n)
+        }
+        let actual = hasher.finalize()
+        guard actual == descriptor.digest else {
+            throw ImageError(.digestMismatch, "\(what) '\(path)' hashes to \(actual), not \(descriptor.digest)")
+        }
+    }
+
+    /// Removes `convert-PID-*` directories whose process is gone.
+    static func removeStaleWorkDirectories(in root: String) {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: root) else { return }
+        for name in names where name.hasPrefix("convert-") {
+            let parts = name.split(separator: "-")
+            guard parts.count == 3, let pid = Int32(parts[1]) else { continue }
+            if pid != getpid(), kill(pid, 0) != 0, errno == ESRCH {
+                try? FileManager.default.removeItem(atPath: root + "/" + name)
+            }
         }
     }
 }

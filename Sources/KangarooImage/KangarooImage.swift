@@ -9,7 +9,6 @@ public enum KangarooMediaTypes {
     public static let bootstrap = "application/vnd.kangaroo.image.bootstrap.v1"
     public static let blob = "application/vnd.kangaroo.image.blob.v1"
     public static let versionAnnotation = "dev.kangaroo.image.version"
-    public static let sourceAnnotation = "dev.kangaroo.image.source-manifest"
     public static let chunkSizeAnnotation = "dev.kangaroo.image.chunk-size"
 }
 
@@ -61,12 +60,23 @@ public struct KangarooImage: Sendable {
         do {
             let manifest = try layout.readManifest(descriptor)
             guard let first = manifest.layers.first else { throw ImageError(.invalidArgument, "manifest \(descriptor.digest) has no layers") }
-            let bytes = try layout.readBlob(first.digest, limit: 1 << 30)
+            let bytes = try readBootstrap(layout, first.digest, image: descriptor.digest)
             return try KangarooImage(manifest: manifest, manifestDescriptor: descriptor, bootstrapBytes: bytes)
         } catch let error as ImageError {
             throw error
         } catch {
             throw ImageError(.source, "cannot load Kangaroo image \(descriptor.digest)", underlying: error as? OCIError)
+        }
+    }
+
+    /// Reads the bootstrap blob, naming it when its digest check fails.
+    private static func readBootstrap(_ layout: OCILayout, _ digest: Digest, image: Digest) throws(ImageError) -> [UInt8] {
+        do {
+            return try layout.readBlob(digest, limit: 1 << 30)
+        } catch {
+            let code: ImageError.Code = error.code == .digestMismatch ? .digestMismatch : .source
+            throw ImageError(code, "bootstrap \(digest) of image \(image)" + (code == .digestMismatch ? " fails its digest check" : " cannot be read"),
+                             underlying: error)
         }
     }
 

@@ -78,13 +78,14 @@ final class TreeMerger {
             return
         }
         if name.hasPrefix(".wh.") {
-            // Whiteouts never create directories: a missing parent means nothing to hide.
-            guard let parent = try directory(parts.dropLast(), entryPath: entry.path, create: false) else { return }
             if name == ".wh..wh..opq" {
-                parent.touchedLayer = layer
+                // The opaque directory and its ancestors belong to this layer.
+                guard let parent = try directory(parts.dropLast(), entryPath: entry.path, create: true) else { return }
                 prune(parent)
                 return
             }
+            // Whiteouts never create directories: a missing parent means nothing to hide.
+            guard let parent = try directory(parts.dropLast(), entryPath: entry.path, create: false) else { return }
             if name.hasPrefix(".wh..wh.") { return }   // other aufs metadata
             let victim = String(name.dropFirst(4))
             guard !victim.isEmpty, victim != ".", victim != ".." else { throw hostile(entry.path, "invalid whiteout") }

@@ -32,12 +32,16 @@ final class Completion: @unchecked Sendable {
         condition.unlock()
     }
 
-    /// Nil when `deadline` passed first.
-    func wait(until deadline: Date) -> Result<Void, LazyFSError>? {
+    /// Nil when `deadline` passed first; a nil deadline waits for the end.
+    func wait(until deadline: Date?) -> Result<Void, LazyFSError>? {
         condition.lock()
         defer { condition.unlock() }
         while result == nil {
-            if !condition.wait(until: deadline) { return result }
+            if let deadline {
+                if !condition.wait(until: deadline) { return result }
+            } else {
+                condition.wait()
+            }
         }
         return result
     }
@@ -130,7 +134,7 @@ public final class ChunkFetcher: Sendable {
         let waits = start(indices)
         var ok = true
         for (_, completion) in waits {
-            if case .failure = completion.wait(until: .distantFuture) { ok = false }
+            if case .failure = completion.wait(until: nil) { ok = false }
         }
         return ok
     }

@@ -30,14 +30,14 @@ public final class LazyFileSystem: FUSEFileSystem {
     func nid(_ nodeID: UInt64) -> UInt64 { nodeID == FUSEProtocol.rootID ? bootstrap.rootNid : nodeID &- 2 }
     func nodeID(_ nid: UInt64) -> UInt64 { nid == bootstrap.rootNid ? FUSEProtocol.rootID : nid + 2 }
 
-    func inode(_ nodeID: UInt64) throws(FUSEError) -> Inode {
+    func inode(_ nodeID: UInt64) throws(FUSEError) -> ImageInode {
         do { return try bootstrap.inode(nid(nodeID)) } catch {
             logger.error("lazyfs: inode \(nid(nodeID)): \(error)")
             throw FUSEError.io
         }
     }
 
-    func attributes(_ inode: Inode) -> FUSEAttributes {
+    func attributes(_ inode: ImageInode) -> FUSEAttributes {
         let time = FUSETime(seconds: UInt64(bitPattern: inode.mtimeSeconds), nanoseconds: inode.mtimeNanoseconds)
         let isDevice = inode.kind == .characterDevice || inode.kind == .blockDevice
         return FUSEAttributes(inode: inode.nid, mode: inode.mode, size: inode.size,
@@ -46,11 +46,11 @@ public final class LazyFileSystem: FUSEFileSystem {
                               accessTime: time, modificationTime: time, changeTime: time, blockSize: 4096)
     }
 
-    func entry(_ inode: Inode) -> FUSEEntry {
+    func entry(_ inode: ImageInode) -> FUSEEntry {
         FUSEEntry(nodeID: nodeID(inode.nid), attributes: attributes(inode))
     }
 
-    func entries(_ dir: Inode) throws(FUSEError) -> [DirectoryEntry] {
+    func entries(_ dir: ImageInode) throws(FUSEError) -> [DirectoryEntry] {
         if let cached = directories.withLock({ $0[dir.nid] }) { return cached }
         guard dir.kind == .directory else { throw FUSEError.notDirectory }
         let list: [DirectoryEntry]
@@ -63,7 +63,7 @@ public final class LazyFileSystem: FUSEFileSystem {
     }
 
     /// ToC chunk index per file chunk (nil for holes).
-    func chunkIndexes(_ inode: Inode) throws(FUSEError) -> [Int?] {
+    func chunkIndexes(_ inode: ImageInode) throws(FUSEError) -> [Int?] {
         if let cached = chunkMaps.withLock({ $0[inode.nid] }) { return cached }
         var out: [Int?] = []
         do {
@@ -165,7 +165,11 @@ public final class LazyFileSystem: FUSEFileSystem {
             let type = Self.fileType(e.fileType)
             var plus: FUSEEntry?
             let isDot = e.name == "." || e.name == ".."
-            if writer.isPlus && !isDot { plus = entry(try inode(self.nodeID(e.nid))) }
+            if writer.isPlus && !isDot {
+                plus = entry(try inode(self.nodeID(e.nid)))
+                // READDIRPLUS entries are lookups the kernel will not repeat.
+                trace?.noteLookup(parent: dir.nid, name: e.nameBytes, child: e.nid)
+            }
             if !writer.append(name: e.nameBytes, inode: e.nid, type: type, nextOffset: UInt64(i + 1), entry: plus) { return }
         }
     }

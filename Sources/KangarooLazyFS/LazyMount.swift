@@ -60,6 +60,7 @@ public final class LazyMount: Sendable {
             throw LazyFSError(.mount, "mounting the image at \(options.mountPoint) with FUSE failed", underlying: error)
         }
         running.store(true, ordering: .sequentiallyConsistent)
+        writeStats()
         Prefetcher.run(fetcher, mode: options.prefetch, concurrency: options.prefetchConcurrency, logger: logger) { [self] _ in
             prefetchDone.store(true, ordering: .sequentiallyConsistent)
             writeStats()

@@ -30,7 +30,7 @@ public final class RegistryChunkSource: ChunkSource {
                                                             range: Int64(range.lowerBound)..<Int64(range.upperBound))
                 result.set(.success(bytes))
             } catch {
-                result.set(.failure(error))
+                result.set(.failure(LazyFSErrorBox(error)))
             }
             done.signal()
         }
@@ -44,14 +44,14 @@ public final class RegistryChunkSource: ChunkSource {
                 throw LazyFSError(.fetch, "range \(range) of \(digest): registry returned \(bytes.count) bytes")
             }
             return bytes
-        case .failure(let error)?: throw error
+        case .failure(let error)?: throw LazyFSError(.fetch, "range \(range) of \(digest) from \(repository) failed", underlying: error)
         case nil: throw LazyFSError(.fetch, "range \(range) of \(digest): no result")
         }
     }
 }
 
 final class ResultBox: Sendable {
-    private let value = Mutex<Result<[UInt8], OCIError>?>(nil)
-    func set(_ result: Result<[UInt8], OCIError>) { value.withLock { $0 = result } }
-    func get() -> Result<[UInt8], OCIError>? { value.withLock { $0 } }
+    private let value = Mutex<Result<[UInt8], LazyFSErrorBox>?>(nil)
+    func set(_ result: Result<[UInt8], LazyFSErrorBox>) { value.withLock { $0 = result } }
+    func get() -> Result<[UInt8], LazyFSErrorBox>? { value.withLock { $0 } }
 }

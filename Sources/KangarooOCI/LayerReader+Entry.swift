@@ -107,10 +107,13 @@ extension LayerReader {
             guard let n = try string(name, what: "xattr name", entry: entry), !n.isEmpty else {
                 throw OCIError(.invalidLayer, "layer entry '\(entry)' has an xattr without a name")
             }
+            // An empty PAX record value deletes the keyword (POSIX pax,
+            // "extended header keyword"): no xattr, as Go's archive/tar,
+            // umoci and containerd read it.
             if let value, size > 0 {
                 out[n] = Array(UnsafeRawBufferPointer(start: value, count: size))
             } else {
-                out[n] = []
+                out[n] = nil
             }
         }
         return out

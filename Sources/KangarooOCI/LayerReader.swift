@@ -1,4 +1,7 @@
 import CArchive
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Reads the entries of an OCI layer: a tar archive (ustar, pax, GNU,
 /// including GNU and PAX sparse files), gzip- or zstd-compressed or not,
@@ -27,6 +30,12 @@ public final class LayerReader {
         }
         archive = a
         try Self.configure(a, compression: compression)
+        // A zero-byte layer is an empty changeset (libarchive cannot open it).
+        var st = stat()
+        if stat(pathString, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_size == 0 {
+            finished = true
+            return
+        }
         let rc = archive_read_open_filename(a, pathString, 128 * 1024)
         if rc != ARCHIVE_OK {
             let message = Self.errorString(a)
@@ -52,6 +61,10 @@ public final class LayerReader {
         }
         memory = buffer
         try Self.configure(a, compression: .auto)
+        if bytes.isEmpty {
+            finished = true
+            return
+        }
         let rc = archive_read_open_memory(a, buffer.baseAddress, bytes.count)
         if rc != ARCHIVE_OK {
             throw OCIError(.invalidLayer, "cannot open in-memory layer: \(Self.errorString(a))")

@@ -61,8 +61,12 @@ extension RegistryClient {
     }
 
     /// Reacts to a 401: fetches what the challenge asks for and caches it.
-    /// Returns false when nothing new can be tried.
-    func authenticate(challengeHeader: String?, scope: String, operation: String, url: String) async throws(OCIError) -> Bool {
+    /// Returns false when nothing new can be tried. `sentBasic` tells
+    /// whether the rejected request already carried Basic credentials (a
+    /// concurrent request may have been sent before another one learned
+    /// that the registry wants them).
+    func authenticate(challengeHeader: String?, scope: String, operation: String, url: String,
+                      sentBasic: Bool = false) async throws(OCIError) -> Bool {
         guard let header = challengeHeader, let challenge = AuthChallenge.parse(header) else {
             return false
         }
@@ -71,12 +75,8 @@ extension RegistryClient {
             guard credentials != nil else {
                 throw OCIError(.unauthorized, "\(operation) \(url): the registry requires a username and password (set KANGAROO_REGISTRY_USER and KANGAROO_REGISTRY_PASSWORD)")
             }
-            let already = auth.withLock { cache in
-                let was = cache.basic
-                cache.basic = true
-                return was
-            }
-            return !already
+            auth.withLock { $0.basic = true }
+            return !sentBasic
         case "bearer":
             guard let realm = challenge.parameters["realm"], !realm.isEmpty else {
                 throw OCIError(.unauthorized, "\(operation) \(url): Bearer challenge without a realm: \(header)")

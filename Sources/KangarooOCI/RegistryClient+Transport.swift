@@ -64,8 +64,9 @@ extension RegistryClient {
                 let challenge = response.headers.first(name: "WWW-Authenticate")
                 await drain(response)
                 authAttempts += 1
+                let sentBasic = r.headers.first(name: "Authorization")?.hasPrefix("Basic ") ?? false
                 if try await authenticate(challengeHeader: challenge, scope: request.scope,
-                                          operation: request.operation, url: request.url) {
+                                          operation: request.operation, url: request.url, sentBasic: sentBasic) {
                     continue
                 }
                 throw failure(request, status: status, body: [])

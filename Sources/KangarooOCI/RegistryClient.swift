@@ -78,6 +78,10 @@ public final class RegistryClient: Sendable {
             redirectConfiguration: .follow(max: 5, allowCycles: false),
             timeout: .init(connect: self.timeout, read: self.timeout))
         config.httpVersion = .automatic
+        // Connection failures come back at once and are retried by `send`
+        // with its own bounded backoff (AHC would otherwise keep retrying
+        // until the connect timeout, for every attempt).
+        config.connectionPool.retryConnectionEstablishment = false
         self.http = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: config,
                                backgroundActivityLogger: logger)
     }

@@ -308,7 +308,9 @@ public enum CLI {
         defer { pclose(f) }
         var lines: [String] = []
         var buf = [CChar](repeating: 0, count: 8192)
-        while fgets(&buf, Int32(buf.count), f) != nil { lines.append(String(cString: buf)) }
+        while fgets(&buf, Int32(buf.count), f) != nil {
+            lines.append(String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        }
         guard let header = lines.first else { return "" }
         let cols = header.split(separator: " ", omittingEmptySubsequences: true)
         guard let pidCol = cols.firstIndex(where: { $0 == "PID" }) else { return lines.joined() }

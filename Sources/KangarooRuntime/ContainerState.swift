@@ -20,6 +20,7 @@ public struct ContainerState: Sendable {
     public var cgroupPath: String
     /// False until `create` has finished.
     public var initialized: Bool
+    public var poststart: [Spec.Hook]
     public var poststop: [Spec.Hook]
     /// Namespaces the container shares with someone else (not ours to clean).
     public var sharedPidNamespace: Bool
@@ -43,12 +44,13 @@ public struct ContainerState: Sendable {
             ("bundle", .string(bundle)), ("rootfs", .string(rootfs)), ("created", .string(created)),
             ("owner", .string(owner)), ("annotations", .object(annotations.map { ($0.0, JSON.string($0.1)) })),
             ("cgroupPath", .string(cgroupPath)), ("initialized", .bool(initialized)),
-            ("poststop", .array(poststop.map(Self.hookJSON))), ("sharedPidNamespace", .bool(sharedPidNamespace)),
+            ("poststart", .array(poststart.map(Self.hookJSON))), ("poststop", .array(poststop.map(Self.hookJSON))), ("sharedPidNamespace", .bool(sharedPidNamespace)),
         ])
     }
 
     init(id: String, bundle: String, rootfs: String, cgroupPath: String, annotations: [(String, String)],
-         poststop: [Spec.Hook], sharedPidNamespace: Bool) {
+         poststart: [Spec.Hook], poststop: [Spec.Hook], sharedPidNamespace: Bool) {
+        self.poststart = poststart
         self.id = id
         self.pid = 0
         self.pidStartTime = 0
@@ -80,16 +82,21 @@ public struct ContainerState: Sendable {
         cgroupPath = try n.string("cgroupPath") ?? ""
         initialized = try n.bool("initialized") ?? false
         sharedPidNamespace = try n.bool("sharedPidNamespace") ?? false
-        poststop = []
-        for h in try n.array("poststop") {
-            poststop.append(Spec.Hook(path: try h.requiredString("path"), args: try h.strings("args") ?? [],
-                                      env: try h.strings("env") ?? [], timeout: try h.int("timeout")))
+        func hooks(_ key: String) throws(RuntimeError) -> [Spec.Hook] {
+            var out: [Spec.Hook] = []
+            for h in try n.array(key) {
+                out.append(Spec.Hook(path: try h.requiredString("path"), args: try h.strings("args") ?? [],
+                                     env: try h.strings("env") ?? [], timeout: try h.int("timeout")))
+            }
+            return out
         }
+        poststart = try hooks("poststart")
+        poststop = try hooks("poststop")
     }
 
     /// The status derived from the live system.
     public func status(cgroup: Cgroup?, stateDir: String) -> Status {
-        guard pid > 0, ProcessInfo.isAlive(pid: pid, startTime: pidStartTime) else {
+        guard pid > 0, ProcessStatus.isAlive(pid: pid, startTime: pidStartTime) else {
             return initialized || pid > 0 ? .stopped : (FileSystem.exists(stateDir) ? .creating : .stopped)
         }
         if !initialized { return .creating }
@@ -123,7 +130,7 @@ public struct ContainerState: Sendable {
 }
 
 /// /proc facts about a process.
-public enum ProcessInfo {
+public enum ProcessStatus {
     /// Field 22 (starttime) and field 3 (state) of /proc/<pid>/stat.
     public static func stat(pid: Int32) -> (state: UInt8, startTime: UInt64)? {
         guard let bytes = try? FileSystem.read("/proc/\(pid)/stat"),

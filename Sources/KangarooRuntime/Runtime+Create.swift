@@ -102,7 +102,7 @@ extension Runtime {
             throw RuntimeError.sys("create state directory \(dir)")
         }
         var state = ContainerState(id: id, bundle: bundle, rootfs: rootfs, cgroupPath: cgroup.path,
-                                   annotations: spec.annotations, poststop: spec.hooks.poststop,
+                                   annotations: spec.annotations, poststart: spec.hooks.poststart, poststop: spec.hooks.poststop,
                                    sharedPidNamespace: joinedPid != nil || !spec.linux.namespaces.contains { $0.type == "pid" })
         var cleanup = Cleanup(runtime: self, dir: dir, cgroup: cgroup)
         defer { cleanup.run() }
@@ -205,7 +205,7 @@ extension Runtime {
         guard pid > 0 else { throw RuntimeError(.system, "clone container init", errno: -pid) }
         cleanup.pid = pid
         state.pid = pid
-        state.pidStartTime = ProcessInfo.stat(pid: pid)?.startTime ?? 0
+        state.pidStartTime = ProcessStatus.stat(pid: pid)?.startTime ?? 0
         // state.json is saved again only once the init is ready: until then the
         // init dies with this process (PDEATHSIG, EOF on the socket), and
         // `delete --force` finds the cgroup from the first save.

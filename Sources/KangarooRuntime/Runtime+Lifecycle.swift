@@ -10,7 +10,8 @@ extension Runtime {
     public func start(id: String) throws(RuntimeError) {
         let state = try load(id)
         let dir = stateDir(id)
-        let status = state.status(cgroup: cgroup(for: state), stateDir: dir)
+        // Only "created" matters here, which needs no cgroup (freezer) lookup.
+        let status = state.status(cgroup: nil, stateDir: dir)
         switch status {
         case .created: break
         case .stopped: throw RuntimeError(.invalidState, "cannot start a container that has stopped")
@@ -33,18 +34,16 @@ extension Runtime {
                     throw RuntimeError(.invalidState, "container init exited before start")
                 }
             }
-            if !ProcessInfo.isAlive(pid: state.pid, startTime: state.pidStartTime) {
+            if !ProcessStatus.isAlive(pid: state.pid, startTime: state.pidStartTime) {
                 throw RuntimeError(.invalidState, "container init exited before start")
             }
         }
         unlink(fifo)
-        if let spec = try? Self.loadSpec(bundle: state.bundle) {
-            let json = state.ociState(status: .running).serialized()
-            for hook in spec.hooks.poststart {
-                do { try Hooks.run(hook, state: json) } catch {
-                    // runc: a failing poststart hook is logged, the container keeps running.
-                    Log.warn(error.description)
-                }
+        let json = state.ociState(status: .running).serialized()
+        for hook in state.poststart {
+            do { try Hooks.run(hook, state: json) } catch {
+                // runc: a failing poststart hook is logged, the container keeps running.
+                Log.warn(error.description)
             }
         }
     }
@@ -99,7 +98,8 @@ extension Runtime {
         }
         if let cg {
             // Processes left behind when the container shares a pid namespace.
-            if !state.sharedPidNamespace || status != .stopped || force {
+            // A stopped container with its own pid namespace has nothing left.
+            if state.sharedPidNamespace || status != .stopped {
                 let pids = cg.pids()
                 for p in pids { _ = Glibc.kill(p, SIGKILL) }
                 if cg.isFrozen() { try? cg.setFrozen(false) }
@@ -120,7 +120,7 @@ extension Runtime {
         for i in 0..<5000 {
             // Our own child (run): reap it; otherwise poll /proc.
             if waitpid(pid, &status, WNOHANG) == pid { return }
-            if !ProcessInfo.isAlive(pid: pid, startTime: startTime) { return }
+            if !ProcessStatus.isAlive(pid: pid, startTime: startTime) { return }
             usleep(i < 100 ? 200 : 2000)
         }
     }

@@ -54,8 +54,7 @@ extension ImageCommand {
                 let complete = try ChunkCache(directory: cacheDirectory, bootstrap: image.bootstrap).isComplete
                 if mode == "kernel" || (mode == "auto" && complete) {
                     try KernelMount.mount(image: image, cacheDirectory: cacheDirectory, at: mountPoint)
-                    print("mounted \(reference) at \(mountPoint) (kernel erofs) in \(milliseconds(since: started)) ms")
-                    fflush(stdout)
+                    emit("mounted \(reference) at \(mountPoint) (kernel erofs) in \(milliseconds(since: started)) ms")
                     try MountControl.writeState(.init(pid: 0, mountPoint: mountPoint, cacheDirectory: cacheDirectory,
                                                       mode: "kernel", image: reference))
                     await client?.shutdown()
@@ -74,8 +73,7 @@ extension ImageCommand {
                 try FileManager.default.createDirectory(atPath: MountControl.runDirectory, withIntermediateDirectories: true)
                 let lazy = try LazyMount(image: image, source: source, options: mountOptions, logger: logger)
                 try lazy.start()
-                print("mounted \(reference) at \(mountPoint) (fuse) in \(milliseconds(since: started)) ms")
-                fflush(stdout)
+                emit("mounted \(reference) at \(mountPoint) (fuse) in \(milliseconds(since: started)) ms")
                 try MountControl.writeState(.init(pid: getpid(), mountPoint: mountPoint, cacheDirectory: cacheDirectory,
                                                   mode: "fuse", image: reference))
 
@@ -133,7 +131,7 @@ extension ImageCommand {
             let args = CommandLine.arguments.dropFirst().filter { $0 != "--daemon" }
             try FileManager.default.createDirectory(atPath: MountControl.runDirectory, withIntermediateDirectories: true)
             let logPath = MountControl.statePath(mountPoint).replacingOccurrences(of: ".json", with: ".log")
-            FileManager.default.createFile(atPath: logPath, contents: nil)
+            _ = FileManager.default.createFile(atPath: logPath, contents: nil)
             let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
             let process = Process()
             process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
@@ -214,6 +212,11 @@ extension ImageCommand {
             row("updated", String(format: "%.1f s ago", Date().timeIntervalSince1970 - s.updatedAt))
         }
     }
+}
+
+/// Writes a line to stdout unbuffered (the daemon's parent reads it from the log).
+private func emit(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }
 
 private func milliseconds(since start: Date) -> String {

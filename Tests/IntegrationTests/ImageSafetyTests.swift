@@ -5,13 +5,13 @@ import Testing
 /// ever written outside the store or the target directory.
 @Suite("hostile layers", .serialized, .enabled(if: TestEnv.enabled, "needs root and KANGAROO_INTEGRATION=1"))
 struct ImageSafetyTests {
-    static let rejected: [(tag: String, message: String)] = [
+    static let rejectedCases: [(tag: String, message: String)] = [
         ("hostile-dotdot", "escapes"),
         ("hostile-symlink-write", "symlink"),
         ("hostile-hardlink-outside", "escapes"),
     ]
 
-    @Test("rejected with an error naming the entry", arguments: rejected)
+    @Test("rejected with an error naming the entry", arguments: rejectedCases)
     func rejected(_ c: (tag: String, message: String)) throws {
         let tmp = try TempDir("hostile")
         let before = try FileManager.default.contentsOfDirectory(atPath: "/tmp").sorted()

@@ -1,4 +1,5 @@
 import Foundation
+import Testing
 
 /// Debian's docker-registry (distribution 2.8) on 127.0.0.1 at a free port,
 /// with filesystem storage in a temporary directory and optional htpasswd
@@ -52,8 +53,9 @@ final class TestRegistry {
     }
 
     func stop() {
+        // SIGKILL: children of the test runner may inherit a blocked SIGTERM.
         if process.isRunning {
-            process.terminate()
+            kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
     }

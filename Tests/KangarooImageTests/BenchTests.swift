@@ -14,18 +14,22 @@ import Glibc
     static let layoutPath = ProcessInfo.processInfo.environment["KANGAROO_IMAGE_BENCH_LAYOUT"]
 
     @Test(.enabled(if: layoutPath != nil, "set KANGAROO_IMAGE_BENCH_LAYOUT"),
-          arguments: [(ChunkCompression.zstd, Int32(3)), (.zstd, 5), (.zstd, 6), (.zstd, 7), (.lz4, 0)])
+          arguments: [(ChunkCompression.zstd, Int32(3)), (.zstd, 5), (.zstd, 6), (.zstd, 7), (.lz4, 0)].filter { c in
+              ProcessInfo.processInfo.environment["KANGAROO_IMAGE_BENCH_LEVEL"].map { l in "\(c.0.name)\(c.1)" == l } ?? true
+          })
     func compressionAgainstSourceLayers(_ compression: ChunkCompression, level: Int32) throws {
         let source = try OCILayout(at: FilePath(Self.layoutPath ?? ""), create: false)
         let manifest = try source.readManifest(source.resolve(tag: "latest"))
         let dir = try TempDir()
         let dest = try OCILayout(at: FilePath(dir.path + "/dst"), create: true)
         let start = ContinuousClock.now
-        let result = try ImageConverter(options: BuildOptions(compression: compression, level: level))
+        var options = BuildOptions(compression: compression, level: level)
+        if let w = ProcessInfo.processInfo.environment["KANGAROO_IMAGE_BENCH_WORKERS"].flatMap(Int.init) { options.workers = w }
+        let result = try ImageConverter(options: options)
             .convert(source: source, manifest: manifest, destination: dest, tag: "bench")
         let elapsed = ContinuousClock.now - start
         let sourceBytes = manifest.layers.reduce(Int64(0)) { $0 + $1.size }
-        print("BENCH \(compression.name) level \(level): source layers \(sourceBytes) B, blobs \(result.stats.compressedSize) B, bootstrap \(result.stats.bootstrapSize) B, files \(result.stats.files), chunks \(result.stats.chunks), unique \(result.stats.uniqueChunks), \(elapsed)")
+        print("BENCH \(compression.name) level \(level) workers \(options.workers): source layers \(sourceBytes) B, blobs \(result.stats.compressedSize) B, bootstrap \(result.stats.bootstrapSize) B, files \(result.stats.files), chunks \(result.stats.chunks), unique \(result.stats.uniqueChunks), \(elapsed)")
         #expect(result.stats.compressedSize > 0)
     }
 }

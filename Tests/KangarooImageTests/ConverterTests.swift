@@ -112,4 +112,20 @@ func makeSourceLayout(_ dir: TempDir) throws -> (OCILayout, ImageManifest) {
         #expect(chunkProblem?.paths.isEmpty == false)
         #expect(bad.problems.contains { $0.message.contains("does not match its digest") && $0.chunkIndex == nil })
     }
+
+    @Test func corruptSourceLayerIsRejected() throws {
+        let dir = try TempDir()
+        let (source, manifest) = try makeSourceLayout(dir)
+        let path = source.blobPath(manifest.layers[1].digest).string
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        bytes[600] ^= 1
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        let dest = try OCILayout(at: FilePath(dir.path + "/dst"), create: true)
+        let result = Result { () throws(ImageError) in
+            try ImageConverter(options: BuildOptions(chunkSize: 1 << 16)).convert(source: source, manifest: manifest, destination: dest, tag: "x")
+        }
+        guard case .failure(let error) = result else { Issue.record("corrupt layer accepted"); return }
+        #expect(error.code == .digestMismatch)
+        #expect(error.message.contains("layer 1"))
+    }
 }

@@ -71,6 +71,9 @@ struct MergeCase: CustomTestStringConvertible, Sendable {
         MergeCase(name: "hardlink to earlier layer file", layers: [["f:orig=content"], ["h:copy>orig"]], expected: ["copy=content", "orig=content"]),
         MergeCase(name: "hardlink survives deleting the original", layers: [["f:orig=content", "h:copy>orig"], ["w:orig"]], expected: ["copy=content"]),
         MergeCase(name: "directory metadata update keeps children", layers: [["f:d/a=1"], ["d:d"]], expected: ["d/", "d/a=1"]),
+        MergeCase(name: "nested opaque directories in one layer", layers: [["f:a/b/old=1", "f:a/keep=2"], ["o:a/b", "o:a", "f:a/b/new=3"]],
+                  expected: ["a/", "a/b/", "a/b/new=3"]),
+        MergeCase(name: "whiteout below a missing directory creates nothing", layers: [["f:x=1"], ["w:ghost/dir/y"]], expected: ["x=1"]),
         MergeCase(name: "whiteout then recreate in upper layer", layers: [["f:a=1"], ["w:a"], ["f:a=2"]], expected: ["a=2"]),
     ]
 

@@ -52,6 +52,7 @@ func snapshot(_ b: Bootstrap, source: any ChunkSource) throws -> [String: Snap] 
         l.add("big/link", .hardlink(target: "big/text"))
         l.add("etc/alias", .symlink(target: "hostname"))
         l.add("etc/abs", .symlink(target: "/" + String(repeating: "x/", count: 1500) + "end"))
+        l.add("etc/longest", .symlink(target: String(repeating: "y", count: 4095)))  // too long to inline: FLAT_PLAIN
         l.add("dev/null", .characterDevice(major: 1, minor: 3), mode: 0o666)
         l.add("dev/loop300", .blockDevice(major: 7, minor: 300), mode: 0o660)
         l.add("run/fifo", .fifo, mode: 0o644)
@@ -96,7 +97,24 @@ func snapshot(_ b: Bootstrap, source: any ChunkSource) throws -> [String: Snap] 
         #expect(try b.chunkMap(huge).compactMap { $0 }.count == 2)
         // Directory entries are sorted byte-wise with "." and "..".
         let names = try b.readdir(b.lookup(path: "etc")).map(\.name)
-        #expect(names == [".", "..", "abs", "alias", "empty", "hostname"])
+        #expect(names == [".", "..", "abs", "alias", "empty", "hostname", "longest"])
+        #expect(try b.lookup(path: "etc/longest").layout == EROFS.layoutFlatPlain)
+        #expect(snap["etc/longest"]?.target?.utf8.count == 4095)
+    }
+
+    @Test func blockSearchLookupMatchesReaddir() throws {
+        let dir = try TempDir()
+        let built = try build([Self.everyKind(huge: false)], in: dir)
+        let b = built.bootstrap
+        let many = try b.lookup(path: "many")
+        #expect(many.size > 4 * 4096)
+        let entries = try b.readdir(many)
+        for e in entries {
+            #expect(try b.lookup(in: many, name: e.name)?.nid == e.nid)
+        }
+        for missing in ["", "!", "file-0", "file--1000", "many", "zzzz", "file-zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz-99"] {
+            #expect(try b.lookup(in: many, name: missing) == nil, "\(missing)")
+        }
     }
 
     @Test(arguments: [0, 1, 65_535, 65_536, 65_537, 3 * 65_536 + 1])

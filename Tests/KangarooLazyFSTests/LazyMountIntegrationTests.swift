@@ -22,6 +22,7 @@ struct LazyMountIntegrationTests {
         try tmp.kangaroo(["image", "materialize", "--mount", tmp.sub("kernel"), "img:\(image.tag)", tmp.sub("materialized")])
     }
 
+    @discardableResult
     static func mount(_ tmp: MountTemp, _ ref: String, _ mp: String, _ extra: [String] = [], check: Bool = true) throws -> CommandResult {
         try FileManager.default.createDirectory(atPath: mp, withIntermediateDirectories: true)
         return try tmp.kangaroo(["image", "mount", "--daemon", "--cache", tmp.sub("cache")] + extra + [ref, mp], check: check)
@@ -123,6 +124,7 @@ struct LazyMountIntegrationTests {
         let r = try run("sh", ["-c", "cd \(tmp.sub("fuse")) && find . -type f -exec cat {} + > /dev/null"])
         #expect(r.status != 0)
         #expect(r.stderr.contains("Input/output error"), "\(r.stderr.suffix(500))")
+        usleep(1_500_000)  // the daemon writes its stats file every second
         let stats = try tmp.kangaroo(["image", "stats", "--json", tmp.sub("fuse")])
         #expect(stats.stdout.contains("\"verificationFailures\" : 1") || stats.stdout.range(of: "\"verificationFailures\" : [1-9]", options: .regularExpression) != nil, "\(stats.stdout)")
         try tmp.kangaroo(["image", "umount", tmp.sub("fuse")])

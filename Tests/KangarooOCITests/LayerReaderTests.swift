@@ -221,6 +221,16 @@ func makeTar(_ dir: TempDir, _ name: String, format: String = "pax", _ entries: 
         }
     }
 
+    @Test func emptyLayersHaveNoEntries() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        try sh("head -c 1024 /dev/zero > zeros.tar && gzip -c zeros.tar > zeros.tar.gz && : > empty", cwd: dir.path)
+        #expect(try LayerReader(bytes: []).next() == nil)
+        for name in ["zeros.tar", "zeros.tar.gz", "empty"] {
+            #expect(try LayerReader(path: dir.filePath.appending(name)).next() == nil, "\(name)")
+        }
+    }
+
     @Test func seedCorpusReadsWithoutErrors() throws {
         // The fuzz seed corpus doubles as a regression set.
         let corpus = URL(fileURLWithPath: #filePath).deletingLastPathComponent()

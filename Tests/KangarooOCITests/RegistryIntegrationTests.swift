@@ -228,14 +228,17 @@ struct RegistryIntegrationTests {
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
-        http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+        http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
         """#
         try script.write(toFile: dir.file("flaky.py"), atomically: true, encoding: .utf8)
         let server = Process()
         server.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
         server.arguments = [dir.file("flaky.py"), "\(port)"]
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
         try server.run()
-        defer { server.terminate(); server.waitUntilExit() }
+        // SIGKILL: children inherit the test runner's signal mask, which may block SIGTERM.
+        defer { kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
         try await TestRegistry.waitForPort(port, process: server, what: "flaky server")
 
         let patient = RegistryClient(host: "127.0.0.1:\(port)", credentials: nil, retries: 2, backoff: .milliseconds(100))

@@ -154,12 +154,13 @@ final class TestRegistry: @unchecked Sendable {
         throw CommandFailed(description: "\(what) did not listen on 127.0.0.1:\(port) within 10 s")
     }
 
-    /// Stops the registry (SIGTERM, then SIGKILL) without removing its storage.
+    /// Stops the registry and token server without removing the storage.
+    /// SIGKILL, because children inherit the test runner's signal mask,
+    /// which may block SIGTERM.
     func kill() {
         for p in [process, tokenServer].compactMap({ $0 }) where p.isRunning {
-            p.terminate()
-            for _ in 0..<100 where p.isRunning { usleep(20_000) }
-            if p.isRunning { Glibc.kill(p.processIdentifier, SIGKILL) }
+            let pid = p.processIdentifier
+            if pid > 0 { Glibc.kill(pid, SIGKILL) }
             p.waitUntilExit()
         }
     }

@@ -32,23 +32,51 @@ enum Harness {
 
     struct Result { var out: String; var err: String; var code: Int32 }
 
+    /// Runs a command to completion with posix_spawn. Output goes through
+    /// files, not pipes: a `create`d container init keeps the caller's stdio.
     @discardableResult
-    static func run(_ argv: [String], stdin: String? = nil, timeout: Double = 60) throws -> Result {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: argv[0])
-        p.arguments = Array(argv.dropFirst())
-        let out = Pipe(), err = Pipe(), inp = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        p.standardInput = inp
-        try p.run()
-        if let stdin { inp.fileHandleForWriting.write(Data(stdin.utf8)) }
-        try? inp.fileHandleForWriting.close()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Result(out: String(decoding: o, as: UTF8.self), err: String(decoding: e, as: UTF8.self),
-                      code: p.terminationReason == .uncaughtSignal ? 128 + p.terminationStatus : p.terminationStatus)
+    static func run(_ argv: [String], stdin: String? = nil, timeout: Double = 300) throws -> Result {
+        let tmp = try tempDir("io")
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        _ = FileManager.default.createFile(atPath: tmp + "/in", contents: Data((stdin ?? "").utf8))
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, stdin == nil ? "/dev/null" : tmp + "/in", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, tmp + "/out", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 2, tmp + "/err", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        var cargs = argv.map { strdup($0) } + [nil]
+        defer { for a in cargs { free(a) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, argv[0], &actions, nil, &cargs, environ)
+        guard rc == 0 else { throw HarnessError("spawn \(argv[0]): errno \(rc)") }
+        var status: Int32 = 0
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            let r = waitpid(pid, &status, WNOHANG)
+            if r == pid { break }
+            if r < 0 && errno != EINTR { throw HarnessError("waitpid: errno \(errno)") }
+            if Date() > deadline { kill(pid, SIGKILL) }
+            usleep(1000)
+        }
+        let o = (try? String(contentsOfFile: tmp + "/out", encoding: .utf8)) ?? ""
+        let e = (try? String(contentsOfFile: tmp + "/err", encoding: .utf8)) ?? ""
+        let code: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return Result(out: o, err: e, code: code)
+    }
+
+    /// Starts a command in the background (output discarded); returns its pid.
+    static func spawn(_ argv: [String]) throws -> pid_t {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        for fd in Int32(0)...2 { posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", O_RDWR, 0) }
+        var cargs = argv.map { strdup($0) } + [nil]
+        defer { for a in cargs { free(a) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, argv[0], &actions, nil, &cargs, environ)
+        guard rc == 0 else { throw HarnessError("spawn \(argv[0]): errno \(rc)") }
+        return pid
     }
 
     /// kangaroo-runtime with a private --root.

@@ -10,7 +10,10 @@ func exerciseBootstrap(_ bytes: [UInt8]) {
         _ = try? b.xattrs(inode)
         switch inode.kind {
         case .directory:
-            _ = try? b.readdir(inode)
+            if let entries = try? b.readdir(inode) {
+                for e in entries.prefix(4) { _ = try? b.lookup(in: inode, name: e.name) }
+                _ = try? b.lookup(in: inode, name: "zz")
+            }
         case .symlink:
             _ = try? b.readlink(inode)
         case .regular:

@@ -5,7 +5,7 @@ import Testing
 /// Runs the same bundle under crun and kangaroo-runtime and compares what the
 /// container observes.
 @Suite(.enabled(if: integrationEnabled && FileManager.default.fileExists(atPath: "/usr/bin/crun")), .serialized)
-struct DifferentialIntegrationTests {
+struct RuntimeDifferentialTests {
     /// What the probe prints: identity, credentials, namespaces (new or
     /// host's), normalised mounts, limits, masked/read-only paths, seccomp.
     static let probe = #"""
@@ -117,7 +117,7 @@ struct DifferentialIntegrationTests {
         }
     }
 
-    @Test(arguments: [("exit 5", 5), ("kill -KILL $$", 137), ("kill -USR1 $$", 138)] as [(String, Int32)])
+    @Test(arguments: [("exit 5", 5), ("sh -c 'kill -KILL $$'; exit $?", 137), ("sh -c 'kill -USR1 $$'; exit $?", 138)] as [(String, Int32)])
     func exitStatusMatchesCrun(_ script: String, _ expected: Int32) throws {
         let (crun, kr) = try Self.runBoth("exit", { _ in }, args: ["sh", "-c", script])
         #expect(crun.code == expected)

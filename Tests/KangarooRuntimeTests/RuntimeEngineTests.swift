@@ -7,10 +7,10 @@ import Testing
 /// and private podman storage under /tmp/kangaroo-test-engines-*.
 @Suite(.enabled(if: integrationEnabled && FileManager.default.fileExists(atPath: "/usr/bin/containerd")
                 && FileManager.default.fileExists(atPath: "/usr/bin/podman")), .serialized)
-final class EngineIntegrationTests {
+final class RuntimeEngineTests {
     let dir: String
     let image = "localhost/kangaroo-busybox:test"
-    var containerd: Process?
+    var containerd: pid_t?
 
     init() throws {
         try Harness.ensureDeps()
@@ -20,8 +20,9 @@ final class EngineIntegrationTests {
 
     deinit {
         if let c = containerd {
-            c.terminate()
-            c.waitUntilExit()
+            kill(c, SIGTERM)
+            var st: Int32 = 0
+            waitpid(c, &st, 0)
         }
         // containerd's overlay snapshots and podman's storage may hold mounts.
         if let mi = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) {
@@ -73,19 +74,13 @@ final class EngineIntegrationTests {
         """
         try FileManager.default.createDirectory(atPath: dir + "/ctrd", withIntermediateDirectories: true)
         try cfg.write(toFile: dir + "/ctrd/config.toml", atomically: true, encoding: .utf8)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/containerd")
-        p.arguments = ["--config", dir + "/ctrd/config.toml"]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        containerd = p
+        containerd = try Harness.spawn(["/usr/bin/containerd", "--config", dir + "/ctrd/config.toml"])
         let ctr = ["/usr/bin/ctr", "--address", dir + "/ctrd/sock"]
-        for _ in 0..<100 where !FileManager.default.fileExists(atPath: dir + "/ctrd/sock") { usleep(50000) }
+        for _ in 0..<100 { if FileManager.default.fileExists(atPath: dir + "/ctrd/sock") { break }; usleep(50000) }
         try importImage()
         let save = try Harness.run(podman + ["save", "--format", "oci-archive", "-o", dir + "/img.tar", image])
         guard save.code == 0 else { throw HarnessError("podman save: \(save.err)") }
-        let imp = try Harness.run(ctr + ["images", "import", "--index-name", image, dir + "/img.tar"])
+        let imp = try Harness.run(ctr + ["images", "import", dir + "/img.tar"])  // named by its ref.name annotation
         guard imp.code == 0 else { throw HarnessError("ctr import: \(imp.err)") }
         return ctr
     }
@@ -110,7 +105,7 @@ final class EngineIntegrationTests {
         #expect(try Harness.run(ctr + ["task", "resume", "kr-c2"]).code == 0)
         #expect(try Harness.run(ctr + ["task", "ls"]).out.contains("RUNNING"))
         #expect(try Harness.run(ctr + ["task", "kill", "-s", "SIGKILL", "kr-c2"]).code == 0)
-        for _ in 0..<100 where !(try Harness.run(ctr + ["task", "ls"]).out.contains("STOPPED")) { usleep(20000) }
+        for _ in 0..<100 { if try Harness.run(ctr + ["task", "ls"]).out.contains("STOPPED") { break }; usleep(20000) }
         #expect(try Harness.run(ctr + ["task", "delete", "kr-c2"]).code == 0)
         #expect(try Harness.run(ctr + ["container", "delete", "kr-c2"]).code == 0)
 

@@ -3,7 +3,7 @@ import Testing
 @testable import KangarooRuntime
 
 @Suite(.enabled(if: integrationEnabled), .serialized)
-struct LifecycleIntegrationTests {
+struct RuntimeLifecycleTests {
     func status(_ root: String, _ id: String) throws -> String {
         let r = try Harness.kr(root, ["state", id])
         let j = try JSON.parse(r.out)
@@ -25,7 +25,8 @@ struct LifecycleIntegrationTests {
         let pid = Int32(try String(contentsOfFile: bundle + "/pid", encoding: .utf8)) ?? 0
         #expect(pid > 0)
         // Before start the user process has not run: the init still waits.
-        #expect(Harness.processes(matching: "sleep\u{0}1000").isEmpty)
+        let cmdline = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline").map { String(decoding: $0, as: UTF8.self) } ?? ""
+        #expect(cmdline.contains("kangaroo-runtime") && !cmdline.hasPrefix("sleep"))
         #expect(try Harness.kr(root, ["start", "life"]).code == 0)
         #expect(try status(root, "life") == "running")
         #expect(try Harness.kr(root, ["start", "life"]).code == 1)
@@ -47,7 +48,7 @@ struct LifecycleIntegrationTests {
         let del = try Harness.kr(root, ["delete", "life"])
         #expect(del.code == 1)  // running: needs --force
         #expect(try Harness.kr(root, ["kill", "life", "KILL"]).code == 0)
-        for _ in 0..<200 where try status(root, "life") != "stopped" { usleep(10000) }
+        for _ in 0..<200 { if try status(root, "life") == "stopped" { break }; usleep(10000) }
         #expect(try status(root, "life") == "stopped")
         #expect(try Harness.kr(root, ["kill", "life", "TERM"]).code == 1)
         #expect(try Harness.kr(root, ["delete", "life"]).code == 0)
@@ -56,7 +57,7 @@ struct LifecycleIntegrationTests {
         #expect(try Harness.kr(root, ["state", "life"]).code == 1)
     }
 
-    @Test(arguments: [("exit 7", Int32(7)), ("kill -9 $$", Int32(137)), ("kill -TERM $$", Int32(143)), ("true", Int32(0))])
+    @Test(arguments: [("exit 7", Int32(7)), ("sh -c 'kill -9 $$'; exit $?", Int32(137)), ("true", Int32(0))])
     func runReturnsExitCodeLikeRunc(script: String, expected: Int32) throws {
         try Harness.ensureDeps()
         let root = try Harness.tempDir("root")
@@ -65,6 +66,23 @@ struct LifecycleIntegrationTests {
         let r = try Harness.kr(root, ["run", "--bundle", bundle, "exit1"])
         #expect(r.code == expected, "\(r.err)")
         #expect(!FileManager.default.fileExists(atPath: root + "/exit1"))
+    }
+
+    /// A container killed by a signal: `run` exits with 128+signal, as runc.
+    @Test func runReportsDeathBySignal() throws {
+        try Harness.ensureDeps()
+        let root = try Harness.tempDir("root")
+        let bundle = try Harness.bundle("sig", args: ["sleep", "1000"])
+        defer { try? FileManager.default.removeItem(atPath: bundle); try? FileManager.default.removeItem(atPath: root) }
+        let pid = try Harness.spawn([Harness.runtimeBinary, "--root", root, "run", "--bundle", bundle, "sig1"])
+        for _ in 0..<500 { if (try? status(root, "sig1")) == "running" { break }; usleep(10000) }
+        #expect(try status(root, "sig1") == "running")
+        // sleep as pid 1 ignores TERM (no handler); KILL always works.
+        #expect(try Harness.kr(root, ["kill", "sig1", "KILL"]).code == 0)
+        var st: Int32 = 0
+        waitpid(pid, &st, 0)
+        #expect((st & 0x7f) == 0 && (st >> 8) & 0xff == 137)
+        #expect(!FileManager.default.fileExists(atPath: root + "/sig1"))
     }
 
     @Test(arguments: [
@@ -148,17 +166,15 @@ struct LifecycleIntegrationTests {
                                                            ("args", .array([.string("sleep"), .string("30")]))]))
         }
         defer { try? FileManager.default.removeItem(atPath: bundle); try? FileManager.default.removeItem(atPath: root) }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Harness.runtimeBinary)
-        p.arguments = ["--root", root, "create", "--bundle", bundle, "k9"]
-        try p.run()
+        let pid = try Harness.spawn([Harness.runtimeBinary, "--root", root, "create", "--bundle", bundle, "k9"])
         var waited = 0
         while !FileManager.default.fileExists(atPath: root + "/k9/state.json") || Harness.processes(matching: "sleep\u{0}30").isEmpty {
             usleep(10000); waited += 1
             if waited > 500 { break }
         }
-        kill(p.processIdentifier, SIGKILL)
-        p.waitUntilExit()
+        kill(pid, SIGKILL)
+        var st: Int32 = 0
+        waitpid(pid, &st, 0)
         for pid in Harness.processes(matching: "sleep\u{0}30") { kill(pid, SIGKILL) }
         #expect(FileManager.default.fileExists(atPath: root + "/k9"))
         let r = try Harness.kr(root, ["delete", "--force", "k9"])
@@ -170,7 +186,7 @@ struct LifecycleIntegrationTests {
     @Test func seccompDeniesWithConfiguredErrno() throws {
         try Harness.ensureDeps()
         let root = try Harness.tempDir("root")
-        let bundle = try Harness.bundle("sc", args: ["sh", "-c", "mkdir /tmp/x; echo rc=$?"]) { c in
+        let bundle = try Harness.bundle("sc", args: ["sh", "-c", "mkdir /tmp/x 2>&1; echo rc=$?"]) { c in
             c.set(["root", "readonly"], .bool(false))
             c.append(["mounts"], .object([("destination", .string("/tmp")), ("type", .string("tmpfs")), ("source", .string("tmpfs"))]))
             c.set(["linux", "seccomp"], try JSON.parse("""
