@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 step() { echo "== $*" >&2; }
 step "dependencies"
 bash scripts/deps.sh
+sh scripts/runtime-test-deps.sh >/dev/null
 step "test images"
 bash scripts/testimages/build-all.sh
 step "build"
