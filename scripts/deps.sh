@@ -10,7 +10,7 @@ PACKAGES=(
     # image format tests: the kernel oracle, umoci, registry, skopeo, debootstrap
     erofs-utils umoci skopeo docker-registry debootstrap apache2-utils attr busybox-static
     # lazy mount and benchmarks
-    fuse3 fio hyperfine iproute2 jq python3
+    fuse3 fio hyperfine iproute2 jq python3 curl
     # runtime references and clients
     crun runc containerd podman
 )
