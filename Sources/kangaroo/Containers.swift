@@ -1,0 +1,204 @@
+import ArgumentParser
+import Foundation
+import KangarooLazyFS
+
+/// Drives the `kangaroo-runtime` binary.
+struct RuntimeClient {
+    let binary: String
+    let root: String
+
+    /// KANGAROO_RUNTIME, else `kangaroo-runtime` next to this executable.
+    init(paths: StatePaths) throws {
+        root = paths.runtimeRoot
+        if let explicit = ProcessInfo.processInfo.environment["KANGAROO_RUNTIME"] {
+            binary = explicit
+        } else {
+            let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+            binary = URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("kangaroo-runtime").path
+        }
+        guard FileManager.default.isExecutableFile(atPath: binary) else {
+            throw CLIError("runtime \(binary) not found: build it (swift build --product kangaroo-runtime) or set KANGAROO_RUNTIME")
+        }
+    }
+
+    /// Starts `kangaroo-runtime --root ROOT args...` with posix_spawn (stdio
+    /// fds given, -1 = inherited; signal dispositions reset); returns the pid.
+    func spawn(_ args: [String], stdin: Int32 = -1, stdout: Int32 = -1, stderr: Int32 = -1) throws -> pid_t {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        for (fd, target) in [(stdin, Int32(0)), (stdout, 1), (stderr, 2)] where fd >= 0 {
+            posix_spawn_file_actions_adddup2(&actions, fd, target)
+        }
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var all = sigset_t()
+        sigfillset(&all)
+        posix_spawnattr_setsigdefault(&attr, &all)
+        var none = sigset_t()
+        sigemptyset(&none)
+        posix_spawnattr_setsigmask(&attr, &none)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+        let argv = ([binary, "--root", root] + args).map { strdup($0) }
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, binary, &actions, &attr, argv + [nil], environ)
+        guard rc == 0 else { throw CLIError("cannot start \(binary): \(String(cString: strerror(rc)))") }
+        return pid
+    }
+
+    /// Waits for `pid`; the exit status, or 128+signal.
+    static func wait(_ pid: pid_t) -> Int32 {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 {
+            if errno != EINTR { return 1 }
+        }
+        if status & 0x7f == 0 { return (status >> 8) & 0xff }
+        return 128 + (status & 0x7f)
+    }
+
+    /// Runs to completion; returns the exit status. Output to /dev/null unless fds are given.
+    @discardableResult
+    func call(_ args: [String], stdout: Int32? = nil, stderr: Int32? = nil) throws -> Int32 {
+        let null = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { if null >= 0 { close(null) } }
+        let pid = try spawn(args, stdin: null, stdout: stdout ?? null, stderr: stderr ?? null)
+        return Self.wait(pid)
+    }
+
+    /// `created`, `running`, `paused`, `stopped`; nil when the runtime does not know the container.
+    func status(_ id: String) -> String? {
+        let path = "/tmp/.kangaroo-state-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return nil }
+        unlink(path)
+        let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+        guard (try? call(["state", id], stdout: fd)) == 0 else { return nil }
+        try? handle.seek(toOffset: 0)
+        guard let data = try? handle.readToEnd(),
+              let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return nil }
+        return json["status"] as? String
+    }
+}
+
+/// The shared read-only image mounts under images/<manifest-hex>/.
+enum ImageRootfs {
+    /// Runs `body` holding images/<key>/lock (serialises mount and unmount of one image).
+    static func withLock<T>(_ paths: StatePaths, _ key: String, _ body: () throws -> T) throws -> T {
+        let dir = paths.image(key)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let fd = open(dir + "/lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw CLIError("cannot open \(dir)/lock: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        while flock(fd, LOCK_EX) != 0 {
+            guard errno == EINTR else { throw CLIError("cannot lock \(dir)/lock: \(String(cString: strerror(errno)))") }
+        }
+        return try body()
+    }
+
+    static func isMounted(_ path: String) -> Bool { MountControl.mountedType(path) != nil }
+
+    /// Unmounts the image when no container record refers to it any more
+    /// (the materialized files stay as a cache for the next run).
+    static func release(_ paths: StatePaths, _ key: String) {
+        _ = try? withLock(paths, key) {
+            guard !ContainerRecord.all(paths).contains(where: { $0.imageKey == key }) else { return }
+            let mnt = paths.image(key) + "/rootfs"
+            if isMounted(mnt) { umount2(mnt, 0) }
+        }
+    }
+}
+
+/// Removes everything a container has, in reverse order of creation:
+/// runtime state (process, cgroup), overlay mount, directory, image mount.
+func teardown(_ record: ContainerRecord, paths: StatePaths, runtime: RuntimeClient?) throws {
+    if let runtime, runtime.status(record.id) != nil {
+        try runtime.call(["delete", "--force", record.id])
+        if runtime.status(record.id) != nil { throw CLIError("kangaroo-runtime could not delete container \(record.id)") }
+    }
+    let rootfs = record.rootfs(paths)
+    if ImageRootfs.isMounted(rootfs), umount2(rootfs, 0) != 0 {
+        if umount2(rootfs, Int32(MNT_DETACH)) != 0 {
+            throw CLIError("cannot unmount \(rootfs): \(String(cString: strerror(errno)))")
+        }
+    }
+    // never recurse into a still mounted root
+    guard !ImageRootfs.isMounted(rootfs) else { throw CLIError("\(rootfs) is still mounted") }
+    let dir = paths.container(record.id)
+    if FileManager.default.fileExists(atPath: dir) { try FileManager.default.removeItem(atPath: dir) }
+    ImageRootfs.release(paths, record.imageKey)
+}
+
+struct Ps: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List containers: id, name, image, status.")
+    @Flag(name: .shortAndLong, help: "Only print ids.") var quiet = false
+
+    func run() async throws {
+        let paths = StatePaths()
+        do {
+            let runtime = try RuntimeClient(paths: paths)
+            let records = ContainerRecord.all(paths)
+            if quiet { records.forEach { print($0.id) }; return }
+            func row(_ cols: [String]) {
+                print(zip(cols, [14, 20, 24, 0]).map { $1 == 0 ? $0 : $0.padding(toLength: max($1, $0.count + 1), withPad: " ", startingAt: 0) }.joined())
+            }
+            row(["CONTAINER ID", "NAME", "IMAGE", "STATUS"])
+            for r in records {
+                let status = runtime.status(r.id) ?? r.exitCode.map { "exited (\($0))" } ?? "exited"
+                row([r.id, r.name, r.image, status])
+            }
+        } catch { fail(error) }
+    }
+}
+
+struct Stop: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Stop a container: SIGTERM, then SIGKILL after --time seconds.")
+    @Option(name: [.customShort("t"), .long], help: "Seconds to wait after SIGTERM.") var time: Double = 10
+    @Argument(help: "Container id (or unique prefix) or name.") var container: String
+
+    func run() async throws {
+        let paths = StatePaths()
+        do {
+            let runtime = try RuntimeClient(paths: paths)
+            let record = try ContainerRecord.find(paths, container)
+            guard let status = runtime.status(record.id), status != "stopped" else { print(record.id); return }
+            if status == "paused" { try runtime.call(["resume", record.id]) }
+            func waitStopped(_ seconds: Double) -> Bool {
+                let limit = Date().addingTimeInterval(seconds)
+                repeat {
+                    if let s = runtime.status(record.id), s != "stopped" { usleep(20_000) } else { return true }
+                } while Date() < limit
+                return false
+            }
+            try runtime.call(["kill", record.id, "TERM"])
+            if !waitStopped(time) {
+                try runtime.call(["kill", record.id, "KILL"])
+                guard waitStopped(10) else { throw CLIError("container \(record.id) did not stop after SIGKILL") }
+            }
+            print(record.id)
+        } catch { fail(error) }
+    }
+}
+
+struct Rm: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Remove a container: runtime state, cgroup, overlay mount and its directory.")
+    @Flag(name: .shortAndLong, help: "Also remove a running container (killed with SIGKILL).") var force = false
+    @Argument(help: "Container ids (or unique prefixes) or names.") var containers: [String]
+
+    func run() async throws {
+        let paths = StatePaths()
+        do {
+            let runtime = try RuntimeClient(paths: paths)
+            for key in containers {
+                let record = try ContainerRecord.find(paths, key)
+                if !force, let s = runtime.status(record.id), s != "stopped" {
+                    throw CLIError("container \(record.id) is \(s): stop it first (kangaroo stop) or use rm -f")
+                }
+                try teardown(record, paths: paths, runtime: runtime)
+                print(record.id)
+            }
+        } catch { fail(error) }
+    }
+}

@@ -1,0 +1,205 @@
+import ArgumentParser
+import Foundation
+import KangarooImage
+import KangarooOCI
+
+/// `kangaroo run`: image -> kernel EROFS mount (cached per image) ->
+/// overlayfs per container -> OCI bundle -> kangaroo-runtime.
+struct RunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run a command in a new container from a Kangaroo image.",
+        discussion: """
+        IMAGE is a store name, oci:DIR[:TAG] or a registry reference (pulled first). The image is mounted \
+        read-only with the kernel's EROFS driver (materialized once under $KANGAROO_STATE_DIR/images, default \
+        /var/lib/kangaroo/images), a per-container overlayfs goes on top, and kangaroo-runtime (next to this \
+        binary, or $KANGAROO_RUNTIME) runs it. In the foreground the exit status is the container's.
+        """)
+
+    @OptionGroup var options: GlobalOptions
+    @Flag(help: "Remove the container and its rootfs after it exits.") var rm = false
+    @Flag(name: .shortAndLong, help: "Detach: create and start the container, print its id.") var detach = false
+    @Option(help: "Container name (also its hostname).") var name: String?
+    @Option(help: "Memory limit in bytes (K, M, G suffixes).") var memory: String?
+    @Option(help: "CPUs (fractions allowed): CFS quota over a 100 ms period.") var cpus: Double?
+    @Option(name: [.short, .long], help: "Set an environment variable (KEY=VALUE).") var env: [String] = []
+    @Flag(name: [.long, .customLong("timing")], help: "Print to stderr how long the steps took.") var time = false
+    @Argument(help: "The image (store name, registry reference or oci:DIR:TAG).") var image: String
+    @Argument(parsing: .captureForPassthrough, help: "Command and arguments (default: the image's Entrypoint and Cmd).")
+    var command: [String] = []
+
+    func run() async throws {
+        let started = Date()
+        let logger = options.makeLogger()
+        let progress = TerminalProgress(enabled: options.showProgress)
+        let paths = StatePaths()
+        var record: ContainerRecord?
+        var runtime: RuntimeClient?
+        var marks: [(String, Date)] = []
+        do {
+            if rm && detach { throw CLIError("--rm with -d is not supported: remove it with kangaroo rm after it stops") }
+            let memoryLimit: Int64? = try memory.map {
+                guard let n = parseSize($0), n > 0 else { throw CLIError("--memory '\($0)' is not a size (e.g. 64M)") }
+                return Int64(n)
+            }
+            if let cpus, !(cpus > 0 && cpus <= 1024) { throw CLIError("--cpus must be > 0") }
+            if let name, !Self.validName(name) {
+                throw CLIError("--name '\(name)' must be 1-63 characters of a-z A-Z 0-9 . - and start with a letter or digit")
+            }
+            let rt = try RuntimeClient(paths: paths)
+            runtime = rt
+
+            // 1. the image and its config
+            let (kimage, layout) = try await options.openKangarooImage(image, logger: logger, progress: progress)
+            let imageConfig = try layout.readConfig(kimage.manifest).config
+            let key = kimage.manifestDescriptor?.digest.encoded ?? kimage.bootstrapDescriptor.digest.encoded
+            marks.append(("image", Date()))
+
+            // 2. the container record (before any mount, so teardown finds everything)
+            try FileManager.default.createDirectory(atPath: paths.containers, withIntermediateDirectories: true)
+            let id = try Self.newID(paths)
+            let cname = name ?? "kangaroo-" + String(id.prefix(8))
+            guard !ContainerRecord.all(paths).contains(where: { $0.name == cname }) else {
+                throw CLIError("the name '\(cname)' is in use: kangaroo rm \(cname) first")
+            }
+            let r = ContainerRecord(id: id, name: cname, image: image, imageKey: key,
+                                    created: Date().timeIntervalSince1970, detached: detach)
+            record = r
+            let dir = paths.container(id)
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+            try r.save(paths)
+
+            // 3. read-only image mount (shared), overlay on top
+            try ImageRootfs.withLock(paths, key) {
+                let lower = try Self.mountImage(kimage, layout: layout, directory: paths.image(key))
+                for sub in ["upper", "work", "rootfs"] {
+                    try FileManager.default.createDirectory(atPath: dir + "/" + sub, withIntermediateDirectories: false)
+                }
+                let data = "lowerdir=\(lower),upperdir=\(dir)/upper,workdir=\(dir)/work"
+                guard mount("overlay", dir + "/rootfs", "overlay", 0, data) == 0 else {
+                    throw CLIError("mounting overlayfs at \(dir)/rootfs failed: \(String(cString: strerror(errno)))")
+                }
+            }
+            marks.append(("rootfs", Date()))
+
+            // 4. the bundle
+            let rootfs = r.rootfs(paths)
+            try RootFile.write(rootfs, ["etc", "hostname"], cname + "\n")
+            try RootFile.write(rootfs, ["etc", "hosts"], "127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t\(cname)\n")
+            let config = try BundleConfig.make(id: id, hostname: cname, image: imageConfig, command: command,
+                                               extraEnv: env, memory: memoryLimit, cpus: cpus, rootfs: rootfs)
+            try config.write(to: dir + "/config.json")
+
+            // 5. the container
+            if detach {
+                let logPath = dir + "/output.log"
+                FileManager.default.createFile(atPath: logPath, contents: nil)
+                let log = open(logPath, O_WRONLY | O_APPEND | O_CLOEXEC)
+                guard log >= 0 else { throw CLIError("cannot open \(logPath): \(String(cString: strerror(errno)))") }
+                let created = try rt.call(["create", "--bundle", dir, id], stdout: log, stderr: log)
+                close(log)
+                guard created == 0 else { throw CLIError("kangaroo-runtime create failed: \(Self.tail(logPath))") }
+                guard try rt.call(["start", id], stderr: 2) == 0 else {
+                    throw CLIError("kangaroo-runtime start failed: \(Self.tail(logPath))")
+                }
+                marks.append(("container", Date()))
+                print(id)
+                report(started, marks)
+                return
+            }
+            let pid = try rt.spawn(["run", "--bundle", dir, id])
+            let forwarders = Self.forwardSignals(to: pid)
+            let status = RuntimeClient.wait(pid)
+            forwarders.forEach { $0.cancel() }
+            marks.append(("container", Date()))
+            if rm {
+                try teardown(r, paths: paths, runtime: rt)
+            } else {
+                var done = r
+                done.exitCode = status
+                try done.save(paths)
+                if ImageRootfs.isMounted(rootfs) { umount2(rootfs, Int32(MNT_DETACH)) }
+                ImageRootfs.release(paths, key)
+            }
+            report(started, marks)
+            Glibc.exit(status)
+        } catch {
+            progress.finish()
+            if let record {
+                do { try teardown(record, paths: paths, runtime: runtime) } catch {
+                    FileHandle.standardError.write(Data("kangaroo: cleanup of \(record.id) incomplete: \(error)\n".utf8))
+                }
+            }
+            fail(error)
+        }
+    }
+
+    private func report(_ started: Date, _ marks: [(String, Date)]) {
+        guard time else { return }
+        var last = started
+        var parts: [String] = []
+        for (label, at) in marks {
+            parts.append(label + " " + String(format: "%.1f ms", at.timeIntervalSince(last) * 1000))
+            last = at
+        }
+        let total = String(format: "%.1f", Date().timeIntervalSince(started) * 1000)
+        FileHandle.standardError.write(Data("kangaroo: run took \(total) ms (\(parts.joined(separator: ", ")))\n".utf8))
+    }
+
+    /// Materializes the image into DIR/erofs once (atomically, by rename) and
+    /// mounts it read-only at DIR/rootfs unless already mounted; returns DIR/rootfs.
+    static func mountImage(_ image: KangarooImage, layout: OCILayout, directory: String) throws -> String {
+        let mnt = directory + "/rootfs", files = directory + "/erofs"
+        if ImageRootfs.isMounted(mnt) { return mnt }
+        if !FileManager.default.fileExists(atPath: files + "/bootstrap") {
+            let tmp = files + ".tmp-\(getpid())"
+            try? FileManager.default.removeItem(atPath: tmp)
+            do {
+                _ = try image.materialize(to: tmp, source: LayoutChunkSource(layout: layout, image: image))
+                try? FileManager.default.removeItem(atPath: files)
+                guard rename(tmp, files) == 0 else { throw CLIError("cannot rename \(tmp): \(String(cString: strerror(errno)))") }
+            } catch {
+                try? FileManager.default.removeItem(atPath: tmp)
+                throw error
+            }
+        }
+        let options = image.bootstrap.blobs.map { "device=\(files)/\($0.digestHex).blob" }.joined(separator: ",")
+        try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
+        guard mount(files + "/bootstrap", mnt, "erofs", UInt(MS_RDONLY), options) == 0 else {
+            let e = errno
+            throw CLIError("mounting the image (erofs) at \(mnt) failed: \(String(cString: strerror(e)))"
+                           + (e == EPERM ? "; kangaroo run needs root" : ""))
+        }
+        return mnt
+    }
+
+    static func newID(_ paths: StatePaths) throws -> String {
+        for _ in 0..<16 {
+            let id = (0..<6).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+            if !FileManager.default.fileExists(atPath: paths.container(id)) { return id }
+        }
+        throw CLIError("cannot allocate a container id in \(paths.containers)")
+    }
+
+    static func validName(_ name: String) -> Bool {
+        guard let first = name.unicodeScalars.first, name.count <= 63,
+              CharacterSet.alphanumerics.contains(first), first.isASCII else { return false }
+        return name.unicodeScalars.allSatisfy { $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "._-".unicodeScalars.contains($0)) }
+    }
+
+    static func tail(_ path: String) -> String {
+        let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+        return String(text.trimmingCharacters(in: .whitespacesAndNewlines).suffix(2000))
+    }
+
+    /// SIGINT/TERM/HUP/QUIT go to the runtime (which passes them to the container).
+    static func forwardSignals(to pid: Int32) -> [DispatchSourceSignal] {
+        [SIGINT, SIGTERM, SIGHUP, SIGQUIT].map { sig in
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { kill(pid, sig) }
+            source.resume()
+            return source
+        }
+    }
+}
