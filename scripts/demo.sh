@@ -35,6 +35,7 @@ chroot "$work/mnt" /app/hello.sh
 step "lazy mount (FUSE, empty chunk cache): only the bootstrap before ready, data on first read"
 "$BIN" image umount "$work/lazy" >/dev/null 2>&1 || true
 cleanup() { "$BIN" image umount "$work/lazy" >/dev/null 2>&1 || true; umount "$work/mnt" 2>/dev/null || true; rm -rf "$work"; }
+mkdir -p "$work/lazy"
 start=$(date +%s%N)
 "$BIN" image mount --daemon --mode fuse --prefetch none --cache "$work/cache" sample:latest "$work/lazy" >/dev/null
 chroot "$work/lazy" /app/hello.sh
