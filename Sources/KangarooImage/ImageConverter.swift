@@ -88,8 +88,8 @@ public struct ImageConverter: Sendable {
             for (i, blob) in result.blobs.enumerated() {
                 let digest = try Digest(sha256Bytes: blob.digest)
                 if i == result.newBlobIndex {
-                    let (stored, _) = try destination.importBlob(from: FilePath(blobPath), expected: digest)
-                    _ = stored
+                    // hashed while the builder wrote it, in a work directory inside `destination`
+                    try destination.adoptBlob(moving: FilePath(blobPath), digest: digest)
                 } else if !destination.hasBlob(digest) {
                     guard let from = dictionaryLayouts.first(where: { $0.hasBlob(digest) }) else {
                         throw ImageError(.notFound, "dictionary blob \(digest) is in no given layout; pass the dictionary's layout")

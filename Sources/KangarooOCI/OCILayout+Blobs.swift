@@ -67,6 +67,31 @@ extension OCILayout {
         return (result.digest, result.size)
     }
 
+    /// Moves a file whose digest the caller computed while writing it (a
+    /// blob built in a work directory inside this layout) into place
+    /// without copying or hashing it again: fsync, rename, directory sync.
+    /// Falls back to `importBlob` (copy + verify) across filesystems.
+    public func adoptBlob(moving file: FilePath, digest: Digest) throws(OCIError) {
+        if hasBlob(digest) {
+            FileIO.unlink(file)
+            return
+        }
+        let fd = try FileIO.open(file, .readOnly)
+        defer { try? fd.close() }
+        try FileIO.fsync(fd, path: file)
+        let target = blobPath(digest)
+        try FileIO.mkdirs(target.removingLastComponent())
+        do throws(OCIError) {
+            try FileIO.rename(file, target)
+        } catch {
+            guard (error.underlying as? Errno) == .improperLink else { throw error }
+            _ = try importBlob(from: file, expected: digest)
+            FileIO.unlink(file)
+            return
+        }
+        FileIO.syncDirectory(target.removingLastComponent())
+    }
+
     /// Starts a streamed blob write (e.g. a download or a built blob).
     public func makeBlobWriter() throws(OCIError) -> BlobWriter {
         try BlobWriter(layout: self)
