@@ -31,6 +31,8 @@ extension ImageCommand {
         var mergeGap: String = "0"
         @Option(help: "FUSE worker threads.") var threads: Int = 16
         @Option(help: "Concurrent prefetch workers.") var prefetchConcurrency: Int = 2
+        @Option(help: "Cap the bandwidth taken from the source, bytes per second (K/M/G allowed; 0: no cap).")
+        var maxRate: String = "0"
         @Option(help: "Record the files opened, in first-access order, into this prefetch list file.") var trace: String?
 
         func run() async throws {
@@ -42,6 +44,7 @@ extension ImageCommand {
                 }
                 guard ["fuse", "kernel", "auto"].contains(mode) else { throw CLIError("--mode '\(mode)' is not one of fuse, kernel, auto") }
                 guard deadline > 0, let gap = parseSize(mergeGap) else { throw CLIError("--deadline must be > 0 and --merge-gap a size") }
+                guard let rate = parseSize(maxRate), rate >= 0 else { throw CLIError("--max-rate '\(maxRate)' is not a size (bytes per second, K/M/G allowed)") }
                 let mountPoint = MountControl.normalize(self.mountPoint)
                 var isDirectory: ObjCBool = false
                 guard FileManager.default.fileExists(atPath: mountPoint, isDirectory: &isDirectory), isDirectory.boolValue else {
@@ -50,7 +53,8 @@ extension ImageCommand {
                 if daemon { return try spawnDaemon(mountPoint: mountPoint) }
 
                 let cacheDirectory = MountControl.normalize(cache)
-                let (image, source, client) = try await resolve(logger: logger)
+                let (image, resolved, client) = try await resolve(logger: logger)
+                let source: any ChunkSource = rate > 0 ? RateLimitedChunkSource(resolved, bytesPerSecond: UInt64(rate)) : resolved
                 let complete = try ChunkCache(directory: cacheDirectory, bootstrap: image.bootstrap).isComplete
                 if mode == "kernel" || (mode == "auto" && complete) {
                     try KernelMount.mount(image: image, cacheDirectory: cacheDirectory, at: mountPoint)

@@ -213,6 +213,22 @@ struct Fixture: @unchecked Sendable {
         let text = try String(contentsOfFile: trace.outputPath, encoding: .utf8)
         #expect(text.split(separator: "\n").filter { !$0.hasPrefix("#") } == ["/data/small", "/data/big"])
     }
+
+    @Test func rateLimitedSourceSpreadsReadsOverTime() throws {
+        // 4 MiB through a 16 MiB/s cap takes at least ~0.2 s (minus the
+        // 50 ms burst), and the bytes are passed through unchanged.
+        let dir = try TempDir()
+        let path = dir.path + "/blob"
+        let data = noise(4 << 20, seed: 7)
+        FileManager.default.createFile(atPath: path, contents: Data(data))
+        let limited = RateLimitedChunkSource(TestSource(path: path), bytesPerSecond: 16 << 20)
+        let start = Date()
+        var read: [UInt8] = []
+        for i in 0..<4 { read += try limited.read(blob: 0, range: UInt64(i << 20)..<UInt64((i + 1) << 20)) }
+        let elapsed = Date().timeIntervalSince(start)
+        #expect(read == data)
+        #expect(elapsed >= 0.18, "\(elapsed) s")
+    }
 }
 
 final class TestCounter: @unchecked Sendable {

@@ -138,11 +138,17 @@ struct LazyMountIntegrationTests {
     func killAndResume() throws {
         let tmp = try MountTemp("kill")
         try Self.prepare(tmp, ("debian-python", "python"))
-        let r = try Self.mount(tmp, "img:python", tmp.sub("fuse"), ["--mode", "fuse", "--prefetch", "all"])
+        // The source capped at 8 MB/s: the prefetch of the whole image takes
+        // seconds, so the kill lands in the middle of it on any machine.
+        let r = try Self.mount(tmp, "img:python", tmp.sub("fuse"), ["--mode", "fuse", "--prefetch", "all", "--max-rate", "8M"])
         let pid = r.stdout.split(separator: "\n").first { $0.hasPrefix("daemon pid") }?.split(separator: " ")[2]
         let daemon = pid.flatMap { Int32($0.filter(\.isNumber)) } ?? 0
         #expect(daemon > 0, "\(r.output)")
-        usleep(700_000)
+        // Wait until some chunks are cached (the stats file is written every second).
+        for _ in 0..<50 {
+            usleep(200_000)
+            if let s = try? statsJSON(tmp, tmp.sub("fuse")), (s["chunksCached"] as? Int ?? 0) > 0 { break }
+        }
         kill(daemon, SIGKILL)
         for _ in 0..<100 where kill(daemon, 0) == 0 { usleep(20_000) }
         #expect(try run("stat", [tmp.sub("fuse")]).stderr.contains("Transport endpoint is not connected"))
