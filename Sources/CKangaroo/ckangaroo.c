@@ -211,20 +211,27 @@ static void do_mount(const struct kr_mount *m, const char *rootfs) {
         make_mountpoint(target, 0);
         if (mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755") < 0)
             die("mount tmpfs on %s", m->destination);
+        // The hierarchies are reached relative to the new tmpfs: an absolute
+        // path would cross the container's sysfs ("sys/fs/cgroup") three
+        // times per hierarchy, and kernfs revalidates those dentries under
+        // the sysfs lock that concurrent network namespace creation holds.
+        int cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (cwd < 0) die("open current directory");
+        if (chdir(target) < 0) die("chdir %s", m->destination);
         for (const char *h = m->source; h && *h; h += strlen(h) + 1) {
             const char *name = strncmp(h, "name=", 5) == 0 ? h + 5 : h;
-            char sub[4096];
-            snprintf(sub, sizeof(sub), "%s/%s", target, name);
-            if (mkdir(sub, 0755) < 0 && errno != EEXIST) die("mkdir %s", sub);
-            if (mount("cgroup", sub, "cgroup", m->flags & ~MS_RDONLY, h) < 0) {
+            if (mkdir(name, 0755) < 0 && errno != EEXIST) die("mkdir %s/%s", m->destination, name);
+            if (mount("cgroup", name, "cgroup", m->flags & ~MS_RDONLY, h) < 0) {
                 // Without a cgroup namespace fall back to skipping: the host
                 // hierarchy must not be exposed writable.
-                rmdir(sub);
+                rmdir(name);
                 continue;
             }
             if (m->flags & MS_RDONLY)
-                mount(NULL, sub, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | (m->flags & ~MS_RDONLY), NULL);
+                mount(NULL, name, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | (m->flags & ~MS_RDONLY), NULL);
         }
+        if (fchdir(cwd) < 0) die("restore current directory");
+        close(cwd);
     } else {
         make_mountpoint(target, 0);
         int is_cgroup2 = m->type && strcmp(m->type, "cgroup2") == 0;
@@ -297,15 +304,22 @@ static void dev_symlinks(const char *rootfs) {
 // Detached clones of the host's /dev/null (open_tree), made before
 // pivot_root: masked files get the host node bound over them, read-only, as
 // crun does. Falls back to the container's /dev/null.
+// Only masked paths that are files get a clone (most default ones are
+// directories or absent): each open_tree takes the global mount lock for
+// writing, and an unused clone is torn down again at execve.
 #define KR_MAX_MASK_CLONES 64
-static int g_null_clones[KR_MAX_MASK_CLONES];
+static int g_null_clones[KR_MAX_MASK_CLONES];  // by masked path index; -1: none
 static int g_n_null_clones = 0;
 
-static void prepare_mask_sources(int n) {
-    for (int i = 0; i < n && i < KR_MAX_MASK_CLONES; i++) {
-        int fd = (int)syscall(428 /* open_tree */, AT_FDCWD, "/dev/null", 1 /* OPEN_TREE_CLONE */ | O_CLOEXEC);
-        if (fd < 0) break;
-        g_null_clones[g_n_null_clones++] = fd;
+static void prepare_mask_sources(const struct kr_init_config *c) {
+    for (int i = 0; i < c->n_masked && i < KR_MAX_MASK_CLONES; i++) {
+        g_null_clones[i] = -1;
+        g_n_null_clones = i + 1;
+        char path[4096];
+        join_path(path, sizeof(path), c->rootfs, c->masked_paths[i]);
+        struct stat st;
+        if (stat(path, &st) < 0 || S_ISDIR(st.st_mode)) continue;
+        g_null_clones[i] = (int)syscall(428 /* open_tree */, AT_FDCWD, "/dev/null", 1 /* OPEN_TREE_CLONE */ | O_CLOEXEC);
     }
 }
 
@@ -320,9 +334,10 @@ static void mask_path(const char *path, int index) {
         return;
     }
     int done = 0;
-    if (index < g_n_null_clones) {
+    if (index < g_n_null_clones && g_null_clones[index] >= 0) {
         done = syscall(429 /* move_mount */, g_null_clones[index], "", AT_FDCWD, path, 4 /* MOVE_MOUNT_F_EMPTY_PATH */) == 0;
         close(g_null_clones[index]);
+        g_null_clones[index] = -1;
     }
     if (!done && mount("/dev/null", path, NULL, MS_BIND, NULL) < 0) die("mask %s", path);
     mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL);
@@ -383,7 +398,7 @@ static void setup_rootfs(const struct kr_init_config *c) {
 
 static void enter_rootfs(const struct kr_init_config *c) {
     const char *rootfs = c->rootfs;
-    if (c->n_masked > 0) prepare_mask_sources(c->n_masked);
+    if (c->n_masked > 0) prepare_mask_sources(c);
     if (chdir(rootfs) < 0) die("chdir %s", rootfs);
     if (c->no_pivot) {
         if (mount(rootfs, "/", NULL, MS_MOVE, NULL) < 0) die("move rootfs");

@@ -15,6 +15,11 @@ public protocol FUSEFileSystem: Sendable {
     func readlink(nodeID: UInt64) throws(FUSEError) -> [UInt8]
     /// `flags` are the open(2) flags. The default keeps the page cache
     /// across opens (FOPEN_KEEP_CACHE) as the content is immutable.
+    /// Throwing `.notSupported` (ENOSYS) tells the kernel to stop sending
+    /// OPEN and RELEASE for the rest of the mount (zero-message opens,
+    /// FUSE_NO_OPEN_SUPPORT): opens then keep the page cache and READ gets
+    /// handle 0. The same holds for `opendir` (OPENDIR/RELEASEDIR; readdir
+    /// results stay cached).
     func open(nodeID: UInt64, flags: UInt32) throws(FUSEError) -> FUSEOpenReply
     /// Fills `buffer` (at most the requested size) with the bytes at
     /// `offset`; returns the count. Fewer bytes than `buffer.count` means

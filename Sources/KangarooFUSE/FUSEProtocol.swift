@@ -63,6 +63,7 @@ public struct FUSEInitFlags: OptionSet, Sendable, Hashable {
     public static let doReaddirplus = FUSEInitFlags(rawValue: 1 << 13)
     public static let readdirplusAuto = FUSEInitFlags(rawValue: 1 << 14)
     public static let asyncDIO = FUSEInitFlags(rawValue: 1 << 15)
+    public static let noOpenSupport = FUSEInitFlags(rawValue: 1 << 17)
     public static let parallelDirops = FUSEInitFlags(rawValue: 1 << 18)
     public static let abortError = FUSEInitFlags(rawValue: 1 << 21)
     public static let maxPages = FUSEInitFlags(rawValue: 1 << 22)
@@ -76,7 +77,8 @@ public struct FUSEInitFlags: OptionSet, Sendable, Hashable {
     /// What we ask for (intersected with what the kernel offers).
     public static let wanted: FUSEInitFlags = [
         .asyncRead, .parallelDirops, .cacheSymlinks, .doReaddirplus,
-        .readdirplusAuto, .maxPages, .abortError, .asyncDIO, .initExt,
+        .maxPages, .abortError, .asyncDIO, .initExt,
+        .noOpenSupport, .noOpendirSupport,
     ]
 }
 

@@ -114,7 +114,13 @@ extension FUSESession {
             try fileSystem.access(nodeID: node, mask: payload.get(UInt32.self, at: 0))
             return .ok(0)
 
-        case .flush, .fsync, .fsyncdir:
+        case .flush:
+            // Nothing to flush on a read-only filesystem: ENOSYS makes the
+            // kernel stop sending FLUSH on close (zero-message opens cannot
+            // carry FOPEN_NOFLUSH).
+            throw .notSupported
+
+        case .fsync, .fsyncdir:
             return .ok(0)
 
         case .interrupt:

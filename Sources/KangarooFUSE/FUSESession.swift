@@ -65,7 +65,8 @@ final class FUSESession: Sendable {
             FUSEOutHeader.encode(into: reply, length: FUSEWireSize.outHeader + length, error: 0, unique: header.unique)
             return FUSEWireSize.outHeader + length
         case .error(let errno):
-            counters.errors.add(1, ordering: .relaxed)
+            // ENOSYS is how a server declines optional requests, not a failure.
+            if errno != .noFunction { counters.errors.add(1, ordering: .relaxed) }
             FUSEOutHeader.encode(into: reply, length: FUSEWireSize.outHeader, error: -errno.rawValue, unique: header.unique)
             return FUSEWireSize.outHeader
         }

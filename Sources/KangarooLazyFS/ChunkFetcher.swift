@@ -1,4 +1,3 @@
-import Dispatch
 import Foundation
 import KangarooImage
 import Logging
@@ -59,7 +58,6 @@ public final class ChunkFetcher: Sendable {
     let logger: Logger
     let inFlight = Mutex<[Int: Completion]>([:])
     let counters = FetchCounters()
-    private let queue = DispatchQueue(label: "kangaroo.lazyfs.fetch", attributes: .concurrent)
 
     public init(bootstrap: Bootstrap, source: any ChunkSource, cache: ChunkCache,
                 configuration: FetchConfiguration = FetchConfiguration(), logger: Logger) {
@@ -123,7 +121,12 @@ public final class ChunkFetcher: Sendable {
         let byIndex = Dictionary(waits, uniquingKeysWith: { first, _ in first })
         for group in mergeRanges(claimed) {
             let completions = group.compactMap { byIndex[$0] }
-            queue.async { self.fetch(group, completions: completions) }
+            // A thread of its own, never a Dispatch queue: fetches block (on
+            // the source, on retries), and blocked Dispatch workers starve
+            // the Swift concurrency pool that the HTTP client's body stream
+            // needs until libdispatch's monitor adds threads (about 1 s).
+            // Fetching threads are bounded by the readers waiting on them.
+            Thread.detachNewThread { self.fetch(group, completions: completions) }
         }
         return waits
     }

@@ -115,9 +115,15 @@ public final class LazyFileSystem: FUSEFileSystem {
     public func open(nodeID: UInt64, flags: UInt32) throws(FUSEError) -> FUSEOpenReply {
         let node = try inode(nodeID)
         if node.kind == .directory { throw FUSEError.isDirectory }
-        trace?.noteOpen(node.nid)
+        // Without a trace there is nothing to do on open: ENOSYS switches the
+        // kernel to zero-message opens (no OPEN/RELEASE round trips per file).
+        guard let trace else { throw FUSEError.notSupported }
+        trace.noteOpen(node.nid)
         return .immutableFile
     }
+
+    /// Zero-message opendir: the kernel caches readdir results without it.
+    public func opendir(nodeID: UInt64) throws(FUSEError) -> FUSEOpenReply { throw FUSEError.notSupported }
 
     public func read(nodeID: UInt64, handle: UInt64, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(FUSEError) -> Int {
         let node = try inode(nodeID)

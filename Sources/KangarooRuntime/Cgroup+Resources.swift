@@ -9,7 +9,7 @@ let defaultDeviceRules: [String] = [
     "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm", "c 10:200 rwm",
 ]
 
-extension Cgroup {
+extension CgroupFiles {
     /// Applies linux.resources (create and `update`). On cgroup v1 the v1
     /// files are written; on pure v2 their v2 equivalents.
     func apply(_ r: Resources, devices: [Spec.Device] = [], initial: Bool) throws(RuntimeError) {
@@ -122,7 +122,7 @@ extension Cgroup {
             guard let u = layout.unified else {
                 throw RuntimeError(.unsupported, "linux.resources.unified needs a cgroup v2 hierarchy")
             }
-            do { try FileSystem.write(u + path + "/" + key, value) } catch {
+            do { try set(mountPoint: u, key, value) } catch {
                 throw RuntimeError(.system, "linux.resources.unified.\(key): write \(value)", errno: error.rawValue)
             }
         }

@@ -134,11 +134,25 @@ public enum ProcessStatus {
     /// Field 22 (starttime) and field 3 (state) of /proc/<pid>/stat.
     public static func stat(pid: Int32) -> (state: UInt8, startTime: UInt64)? {
         guard let bytes = try? FileSystem.read("/proc/\(pid)/stat"),
-              let close = bytes.lastIndex(of: UInt8(ascii: ")")) else { return nil }
-        let rest = bytes[(close + 2)...].split(separator: UInt8(ascii: " "))
-        guard rest.count > 19, let st = rest[0].first,
-              let start = UInt64(String(decoding: rest[19], as: UTF8.self)) else { return nil }
-        return (st, start)
+              let close = bytes.lastIndex(of: UInt8(ascii: ")")), close + 2 < bytes.count else { return nil }
+        // Scanned by hand (no split): this runs in every command, and each new
+        // generic type costs a runtime metadata lookup in a short-lived process.
+        let state = bytes[close + 2]
+        var field = 3, i = close + 2
+        while i < bytes.count, field < 22 {
+            if bytes[i] == UInt8(ascii: " ") { field += 1 }
+            i += 1
+        }
+        guard field == 22 else { return nil }
+        var start: UInt64 = 0
+        var digits = 0
+        while i < bytes.count, bytes[i] >= UInt8(ascii: "0"), bytes[i] <= UInt8(ascii: "9") {
+            start = start &* 10 &+ UInt64(bytes[i] - UInt8(ascii: "0"))
+            digits += 1
+            i += 1
+        }
+        guard digits > 0 else { return nil }
+        return (state, start)
     }
 
     /// Alive, not a zombie, and (when known) the same process that was started.

@@ -32,7 +32,14 @@ extension Runtime {
         let launched = try launch(id: id, options: options, mode: KR_MODE_RUN)
         if options.detach { return 0 }
         let status = kr_wait_forwarding(launched.pid)
-        try? delete(id: id, force: true)
+        if status < 0 {
+            try? delete(id: id, force: true)
+        } else if FileSystem.exists(stateDir(id) + "/state.json") {
+            // The init is reaped: `delete --force` of a stopped container, with
+            // the state and the open cgroup directories in hand (unless someone
+            // deleted it meanwhile).
+            try? destroy(launched.state, cgroup: launched.cgroup, status: .stopped)
+        }
         return Self.exitCode(status)
     }
 
@@ -43,7 +50,11 @@ extension Runtime {
         return 255
     }
 
-    struct Launched { var pid: Int32 }
+    struct Launched {
+        var pid: Int32
+        var state: ContainerState
+        var cgroup: CgroupFiles
+    }
 
     private func launch(id: String, options: CreateOptions, mode: kr_mode) throws(RuntimeError) -> Launched {
         try Self.validate(id: id)
@@ -90,7 +101,7 @@ extension Runtime {
         do { layout = try CgroupLayout.detect() } catch {
             throw RuntimeError(.system, "read /proc/self/mountinfo", errno: error.rawValue)
         }
-        let cgroup = Cgroup(layout: layout, path: Self.cgroupPath(spec.linux.cgroupsPath, id: id))
+        let cgroup = CgroupFiles(Cgroup(layout: layout, path: Self.cgroupPath(spec.linux.cgroupsPath, id: id)))
 
         // State directory first: its existence is the lock on the id.
         let dir = stateDir(id)
@@ -252,7 +263,7 @@ extension Runtime {
             for hook in spec.hooks.poststart { try Hooks.run(hook, state: json) }
         }
         cleanup.disarm()
-        return Launched(pid: pid)
+        return Launched(pid: pid, state: state, cgroup: cgroup)
     }
 
     static func writeMappings(pid: Int32, uid: [Spec.IDMapping], gid: [Spec.IDMapping]) throws(RuntimeError) {
@@ -313,12 +324,12 @@ extension Runtime {
 struct Cleanup {
     let runtime: Runtime
     let dir: String
-    let cgroup: Cgroup
+    let cgroup: CgroupFiles
     var pid: Int32 = 0
     var removeCgroup = false
     var armed = true
 
-    init(runtime: Runtime, dir: String, cgroup: Cgroup) {
+    init(runtime: Runtime, dir: String, cgroup: CgroupFiles) {
         self.runtime = runtime
         self.dir = dir
         self.cgroup = cgroup

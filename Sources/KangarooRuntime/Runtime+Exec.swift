@@ -134,7 +134,7 @@ extension Runtime {
             return e
         }
         if let cg {
-            do { try cg.join(pid: pid) } catch {
+            do { try CgroupFiles(cg).join(pid: pid) } catch {
                 throw fail(RuntimeError(.system, "add exec process to cgroup", errno: error.rawValue))
             }
         }

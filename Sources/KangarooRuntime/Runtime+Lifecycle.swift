@@ -39,6 +39,7 @@ extension Runtime {
             }
         }
         unlink(fifo)
+        guard !state.poststart.isEmpty else { return }
         let json = state.ociState(status: .running).serialized()
         for hook in state.poststart {
             do { try Hooks.run(hook, state: json) } catch {
@@ -96,7 +97,15 @@ extension Runtime {
             if status == .paused { try? cg?.setFrozen(false) }
             waitGone(pid: state.pid, startTime: state.pidStartTime)
         }
-        if let cg {
+        try destroy(state, cgroup: cg.map { CgroupFiles($0) }, status: status)
+    }
+
+    /// The end of `delete`, once the init is gone: processes left in the
+    /// cgroup, the cgroup, poststop hooks, the state directory. Foreground
+    /// `run` calls it directly with what it already holds.
+    func destroy(_ state: ContainerState, cgroup files: CgroupFiles?, status: ContainerState.Status) throws(RuntimeError) {
+        if let files {
+            let cg = files.cgroup
             // Processes left behind when the container shares a pid namespace.
             // A stopped container with its own pid namespace has nothing left.
             if state.sharedPidNamespace || status != .stopped {
@@ -104,15 +113,26 @@ extension Runtime {
                 for p in pids { _ = Glibc.kill(p, SIGKILL) }
                 if cg.isFrozen() { try? cg.setFrozen(false) }
             }
-            do { try cg.remove() } catch {
+            do { try files.remove() } catch {
                 throw RuntimeError(.system, "remove cgroup \(cg.path)", errno: error.rawValue)
             }
         }
-        let json = state.ociState(status: .stopped).serialized()
-        for hook in state.poststop {
-            do { try Hooks.run(hook, state: json) } catch { Log.warn(error.description) }
+        let dir = stateDir(state.id)
+        if !state.poststop.isEmpty {
+            let json = state.ociState(status: .stopped).serialized()
+            for hook in state.poststop {
+                do { try Hooks.run(hook, state: json) } catch { Log.warn(error.description) }
+            }
         }
-        FileSystem.removeTree(dir)
+        Self.removeStateDirectory(dir)
+    }
+
+    /// Removes a state directory: the files the runtime puts there directly,
+    /// anything else (a crashed create's state.json.tmp) through removeTree.
+    static func removeStateDirectory(_ dir: String) {
+        _ = unlink(dir + "/state.json")
+        _ = unlink(dir + "/exec.fifo")
+        if rmdir(dir) != 0 && errno != ENOENT { FileSystem.removeTree(dir) }
     }
 
     func waitGone(pid: Int32, startTime: UInt64) {
@@ -155,7 +175,7 @@ extension Runtime {
         guard let cg = cgroup(for: state) else { throw RuntimeError(.unsupported, "container has no cgroup") }
         let status = state.status(cgroup: cg, stateDir: stateDir(id))
         guard status != .stopped else { throw RuntimeError(.invalidState, "container not running") }
-        try cg.apply(resources, initial: false)
+        try CgroupFiles(cg).apply(resources, initial: false)
     }
 }
 
