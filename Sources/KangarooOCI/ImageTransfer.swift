@@ -25,9 +25,11 @@ public struct ImageTransfer: Sendable {
     /// fetched (the manifest and config always are).
     @discardableResult
     public func pull(_ reference: Reference, into layout: OCILayout, tag: String?, platform: Platform? = nil,
-                     onlyLayers: Set<Digest>? = nil, progress: Progress? = nil) async throws(OCIError) -> (ImageManifest, Descriptor) {
-        let (manifest, descriptor) = try await client.manifest(reference, platform: platform)
-        let raw = try await client.fetchManifestBytes(repository: reference.repository, reference: descriptor.digest.description)
+                     onlyLayers: Set<Digest>? = nil, resolved: ResolvedManifest? = nil,
+                     progress: Progress? = nil) async throws(OCIError) -> (ImageManifest, Descriptor) {
+        let raw: ResolvedManifest
+        if let resolved { raw = resolved } else { raw = try await client.resolveManifest(reference, platform: platform) }
+        let (manifest, descriptor) = (raw.manifest, raw.descriptor)
         var wanted = [manifest.config]
         wanted += manifest.layers.filter { onlyLayers?.contains($0.digest) ?? true }
         let missing = wanted.filter { !layout.hasBlob($0.digest) }

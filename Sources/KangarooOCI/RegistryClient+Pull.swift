@@ -3,6 +3,14 @@ import NIOCore
 import NIOHTTP1
 import SystemPackage
 
+/// An image manifest as the registry sent it: decoded, its descriptor, and
+/// the exact bytes its digest covers.
+public struct ResolvedManifest: Sendable {
+    public var manifest: ImageManifest
+    public var descriptor: Descriptor
+    public var bytes: [UInt8]
+}
+
 extension RegistryClient {
     static let manifestAccept = [MediaTypes.imageManifest, MediaTypes.imageIndex,
                                  MediaTypes.dockerManifest, MediaTypes.dockerManifestList].joined(separator: ", ")
@@ -11,6 +19,13 @@ extension RegistryClient {
     /// manifest for `platform` (linux/amd64 when nil). Returns the manifest
     /// and its descriptor (media type, digest, size).
     public func manifest(_ reference: Reference, platform: Platform? = nil) async throws(OCIError) -> (ImageManifest, Descriptor) {
+        let resolved = try await resolveManifest(reference, platform: platform)
+        return (resolved.manifest, resolved.descriptor)
+    }
+
+    /// As `manifest`, keeping the manifest's raw bytes (to store it without
+    /// fetching it again).
+    public func resolveManifest(_ reference: Reference, platform: Platform? = nil) async throws(OCIError) -> ResolvedManifest {
         let wanted = platform ?? .linuxAMD64
         var ref = reference.manifestReference
         for _ in 0..<3 {
@@ -25,7 +40,8 @@ extension RegistryClient {
                 continue
             }
             let manifest = try CanonicalJSON.decode(ImageManifest.self, from: bytes, what: "image manifest \(reference)")
-            return (manifest, Descriptor(mediaType: mediaType, digest: digest, size: Int64(bytes.count)))
+            return ResolvedManifest(manifest: manifest, descriptor: Descriptor(mediaType: mediaType, digest: digest, size: Int64(bytes.count)),
+                                    bytes: bytes)
         }
         throw OCIError(.invalidManifest, "image \(reference): indexes nest too deeply")
     }

@@ -50,6 +50,11 @@ extension ImageCommand {
                 guard FileManager.default.fileExists(atPath: mountPoint, isDirectory: &isDirectory), isDirectory.boolValue else {
                     throw CLIError("mount point \(mountPoint) is not a directory")
                 }
+                if DaemonFork.isChild {
+                    // Errors before this point are the parent's to report.
+                    try? FileManager.default.createDirectory(atPath: MountControl.runDirectory, withIntermediateDirectories: true)
+                    DaemonFork.redirectOutput(to: Self.logPath(mountPoint))
+                }
                 if daemon { return try spawnDaemon(mountPoint: mountPoint) }
 
                 let cacheDirectory = MountControl.normalize(cache)
@@ -103,12 +108,13 @@ extension ImageCommand {
                 let store = try options.openStore()
                 let client = try options.registryClient(for: ref, logger: logger)
                 do {
-                    let (manifest, _) = try await client.manifest(ref)
-                    guard let first = manifest.layers.first, first.mediaType == KangarooMediaTypes.bootstrap else {
+                    let resolved = try await client.resolveManifest(ref)
+                    guard let first = resolved.manifest.layers.first, first.mediaType == KangarooMediaTypes.bootstrap else {
                         throw CLIError("\(reference) is not a Kangaroo image: convert it first")
                     }
                     let tag = ref.description
-                    try await ImageTransfer(client: client, logger: logger).pull(ref, into: store, tag: tag, onlyLayers: [first.digest])
+                    try await ImageTransfer(client: client, logger: logger).pull(ref, into: store, tag: tag, onlyLayers: [first.digest],
+                                                                                resolved: resolved)
                     let image = try KangarooImage.load(from: store, tag: tag)
                     let source = RegistryChunkSource(client: client, repository: ref.repository, image: image,
                                                      timeout: .milliseconds(Int64(deadline * 1000)))
@@ -130,21 +136,34 @@ extension ImageCommand {
 
         /// Re-runs this command without --daemon in a new session and returns
         /// once its mount is up (or it failed).
+        static func logPath(_ mountPoint: String) -> String {
+            MountControl.statePath(mountPoint).replacingOccurrences(of: ".json", with: ".log")
+        }
+
+        /// The daemon: the child forked at program start (main.swift), or,
+        /// when that was not possible, this program run again without
+        /// --daemon in a new session.
         func spawnDaemon(mountPoint: String) throws {
-            let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-            let args = CommandLine.arguments.dropFirst().filter { $0 != "--daemon" }
             try FileManager.default.createDirectory(atPath: MountControl.runDirectory, withIntermediateDirectories: true)
-            let logPath = MountControl.statePath(mountPoint).replacingOccurrences(of: ".json", with: ".log")
-            _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-            let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
-            process.arguments = [exe] + args
-            process.standardInput = FileHandle.nullDevice
-            process.standardOutput = log
-            process.standardError = log
+            let logPath = Self.logPath(mountPoint)
             let before = MountControl.mountedType(mountPoint)
-            try process.run()
+            let daemon: DaemonChild
+            if let pid = DaemonFork.childPID {
+                daemon = .forked(pid)
+            } else {
+                let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+                let args = CommandLine.arguments.dropFirst().filter { $0 != "--daemon" }
+                _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+                let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
+                process.arguments = [exe] + args
+                process.standardInput = FileHandle.nullDevice
+                process.standardOutput = log
+                process.standardError = log
+                try process.run()
+                daemon = .spawned(process)
+            }
             let limit = Date().addingTimeInterval(300)
             while Date() < limit {
                 let now = MountControl.mountedType(mountPoint)
@@ -156,15 +175,15 @@ extension ImageCommand {
                     if state.mode == "fuse" { print("daemon pid \(state.pid), log \(logPath)") }
                     return
                 }
-                if !process.isRunning {
+                if let status = daemon.exitStatus() {
                     let text = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
-                    if process.terminationStatus == 0, MountControl.mountedType(mountPoint) == "erofs" {
+                    if status == 0, MountControl.mountedType(mountPoint) == "erofs" {
                         print(text.trimmingCharacters(in: .whitespacesAndNewlines))
                         return
                     }
-                    throw CLIError("mount daemon exited with status \(process.terminationStatus):\n\(text.suffix(2000))")
+                    throw CLIError("mount daemon exited with status \(status):\n\(text.suffix(2000))")
                 }
-                usleep(5_000)
+                usleep(2_000)
             }
             throw CLIError("mount daemon did not mount \(mountPoint) within 300 s (log: \(logPath))")
         }
@@ -235,5 +254,26 @@ private func installSignalHandlers(_ handler: @escaping @Sendable () -> Void) ->
         source.setEventHandler { Thread.detachNewThread { handler() } }
         source.resume()
         return source
+    }
+}
+
+/// The mount daemon the --daemon parent waits for.
+enum DaemonChild {
+    case forked(pid_t)
+    case spawned(Process)
+
+    /// The exit status once it has exited, nil while it runs.
+    func exitStatus() -> Int32? {
+        switch self {
+        case .forked(let pid):
+            var status: Int32 = 0
+            let r = waitpid(pid, &status, WNOHANG)
+            if r == 0 { return nil }
+            if r < 0 { return -1 }
+            // WIFEXITED / WEXITSTATUS, or 128 + signal as a shell reports it.
+            return status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        case .spawned(let process):
+            return process.isRunning ? nil : process.terminationStatus
+        }
     }
 }

@@ -1,7 +1,7 @@
 import ArgumentParser
 
 /// `kangaroo`: the command-line interface of the Kangaroo node stack.
-@main
+
 struct Kangaroo: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kangaroo",
