@@ -167,8 +167,18 @@ extension ImageCommand {
             let limit = Date().addingTimeInterval(300)
             while Date() < limit {
                 let now = MountControl.mountedType(mountPoint)
-                if let now, now == "fuse.kangaroo" || now == "erofs", now != before,
-                   let state = MountControl.readState(mountPoint), state.mode == "kernel" || MountControl.isAlive(state.pid) {
+                let ready: Bool
+                switch daemon {
+                case .forked(let pid):
+                    // The child may mount before this parent got here, so no
+                    // before/after comparison: its state file names it. (A
+                    // kernel mount's child exits 0 instead, handled below.)
+                    ready = now == "fuse.kangaroo" && MountControl.readState(mountPoint)?.pid == pid
+                case .spawned:
+                    ready = now != nil && (now == "fuse.kangaroo" || now == "erofs") && now != before
+                        && MountControl.readState(mountPoint).map { $0.mode == "kernel" || MountControl.isAlive($0.pid) } == true
+                }
+                if let now, ready, let state = MountControl.readState(mountPoint) {
                     let text = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
                     print(text.split(separator: "\n").first(where: { $0.hasPrefix("mounted") }).map(String.init)
                           ?? "mounted \(reference) at \(mountPoint) (\(now))")
