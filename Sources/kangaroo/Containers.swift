@@ -24,28 +24,7 @@ struct RuntimeClient {
     /// Starts `kangaroo-runtime --root ROOT args...` with posix_spawn (stdio
     /// fds given, -1 = inherited; signal dispositions reset); returns the pid.
     func spawn(_ args: [String], stdin: Int32 = -1, stdout: Int32 = -1, stderr: Int32 = -1) throws -> pid_t {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        for (fd, target) in [(stdin, Int32(0)), (stdout, 1), (stderr, 2)] where fd >= 0 {
-            posix_spawn_file_actions_adddup2(&actions, fd, target)
-        }
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var all = sigset_t()
-        sigfillset(&all)
-        posix_spawnattr_setsigdefault(&attr, &all)
-        var none = sigset_t()
-        sigemptyset(&none)
-        posix_spawnattr_setsigmask(&attr, &none)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
-        let argv = ([binary, "--root", root] + args).map { strdup($0) }
-        defer { argv.forEach { free($0) } }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, binary, &actions, &attr, argv + [nil], environ)
-        guard rc == 0 else { throw CLIError("cannot start \(binary): \(String(cString: strerror(rc)))") }
-        return pid
+        try spawnProgram(binary, ["--root", root] + args, stdin: stdin, stdout: stdout, stderr: stderr)
     }
 
     /// Waits for `pid`; the exit status, or 128+signal.
@@ -82,7 +61,42 @@ struct RuntimeClient {
     }
 }
 
-/// The shared read-only image mounts under images/<manifest-hex>/.
+/// Starts `binary args...` with posix_spawn (stdio fds given, -1 = inherited;
+/// signal dispositions reset; `environment` replaces the inherited one;
+/// `name` is argv[0], default `binary`); returns the pid.
+func spawnProgram(_ binary: String, _ args: [String], stdin: Int32 = -1, stdout: Int32 = -1, stderr: Int32 = -1,
+                  environment: [String]? = nil, name: String? = nil) throws -> pid_t {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    for (fd, target) in [(stdin, Int32(0)), (stdout, 1), (stderr, 2)] where fd >= 0 {
+        posix_spawn_file_actions_adddup2(&actions, fd, target)
+    }
+    var attr = posix_spawnattr_t()
+    posix_spawnattr_init(&attr)
+    defer { posix_spawnattr_destroy(&attr) }
+    var all = sigset_t()
+    sigfillset(&all)
+    posix_spawnattr_setsigdefault(&attr, &all)
+    var none = sigset_t()
+    sigemptyset(&none)
+    posix_spawnattr_setsigmask(&attr, &none)
+    posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+    let argv = ([name ?? binary] + args).map { strdup($0) }
+    defer { argv.forEach { free($0) } }
+    let envp = environment?.map { strdup($0) }
+    defer { envp?.forEach { free($0) } }
+    var pid: pid_t = 0
+    let rc = envp.map { posix_spawn(&pid, binary, &actions, &attr, argv + [nil], $0 + [nil]) }
+        ?? posix_spawn(&pid, binary, &actions, &attr, argv + [nil], environ)
+    guard rc == 0 else { throw CLIError("cannot start \(binary): \(String(cString: strerror(rc)))") }
+    return pid
+}
+
+/// The shared read-only image mounts under images/<manifest-hex>/: `rootfs`
+/// (the kernel's EROFS driver over the materialized files in `erofs`) or
+/// `lazy` (`kangaroo image mount`: FUSE with its daemon, or EROFS over a
+/// complete chunk cache).
 enum ImageRootfs {
     /// Runs `body` holding images/<key>/lock (serialises mount and unmount of one image).
     static func withLock<T>(_ paths: StatePaths, _ key: String, _ body: () throws -> T) throws -> T {
@@ -99,19 +113,134 @@ enum ImageRootfs {
 
     static func isMounted(_ path: String) -> Bool { MountControl.mountedType(path) != nil }
 
+    static func lazyMountPoint(_ paths: StatePaths, _ key: String) -> String { paths.image(key) + "/lazy" }
+
+    /// Mounts `reference` lazily at images/<key>/lazy by running this
+    /// executable as `kangaroo image mount --daemon` (it returns once the
+    /// mount is up), unless a live mount of the image is there already; a
+    /// dead one (its daemon crashed: ENOTCONN) is removed first. Call it
+    /// holding the image's lock. Returns the mount point and whether an
+    /// existing mount was reused. On failure nothing is left mounted.
+    static func mountLazy(_ reference: String, paths: StatePaths, key: String, options: GlobalOptions,
+                          credentials: RegistryCredentials?) throws -> (path: String, reused: Bool) {
+        let mnt = lazyMountPoint(paths, key)
+        if let type = MountControl.mountedType(mnt) {
+            if type == "fuse.kangaroo" || type == "erofs", !MountControl.isDead(mnt) { return (mnt, true) }
+            try unmountLazy(paths, key)
+        }
+        try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
+        var args = ["image", "mount", "--daemon", "--quiet", "--mode", "auto", "--prefetch", "list",
+                    "--cache", paths.cache, "--store", options.store, "--log-level", options.logLevel]
+        if options.plainHTTP { args.append("--plain-http") }
+        args += [reference, mnt]
+        // credentials go to the daemon through its environment, never its arguments
+        var environment: [String]?
+        if let credentials {
+            var env = ProcessInfo.processInfo.environment
+            env["KANGAROO_REGISTRY_USER"] = credentials.username
+            env["KANGAROO_REGISTRY_PASSWORD"] = credentials.password
+            environment = env.map { "\($0.key)=\($0.value)" }
+        }
+        let null = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { if null >= 0 { close(null) } }
+        let errors = try ScratchFile()
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? "kangaroo"
+        let status: Int32
+        do {
+            let pid = try spawnProgram("/proc/self/exe", args, stdin: null, stdout: null, stderr: errors.fd,
+                                       environment: environment, name: exe)
+            status = waitForMount(mnt, starter: pid)
+        } catch {
+            try? FileManager.default.removeItem(atPath: mnt)
+            throw error
+        }
+        guard status == 0, isMounted(mnt) else {
+            // the mount command cleans up after itself; make sure
+            try? unmountLazy(paths, key)
+            try? FileManager.default.removeItem(atPath: mnt)
+            let text = errors.contents().trimmingCharacters(in: .whitespacesAndNewlines)
+            throw CLIError("mounting \(reference) lazily at \(mnt) failed (status \(status))"
+                           + (text.isEmpty ? "" : ": " + String(text.suffix(2000))))
+        }
+        return (mnt, false)
+    }
+
+    /// Waits until `image mount --daemon` (process `starter`) has exited or
+    /// the mount at `mnt` (not mounted before) is up with its daemon; in the
+    /// latter case `starter` is no longer needed (its own check can miss a
+    /// mount made before it looked) and is stopped. The starter's exit status,
+    /// 0 once the mount is up.
+    static func waitForMount(_ mnt: String, starter pid: pid_t, timeout: TimeInterval = 300) -> Int32 {
+        let limit = Date().addingTimeInterval(timeout)
+        while true {
+            var raw: Int32 = 0
+            let r = waitpid(pid, &raw, WNOHANG)
+            if r == pid { return raw & 0x7f == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f) }
+            if r < 0 && errno != EINTR { return 1 }
+            let ready = MountControl.mountedType(mnt).map { $0 == "fuse.kangaroo" || $0 == "erofs" } ?? false
+            if (ready && MountControl.readState(mnt).map { $0.mode == "kernel" || MountControl.isAlive($0.pid) } ?? false)
+                || Date() > limit {
+                kill(pid, SIGKILL)
+                let status = RuntimeClient.wait(pid)
+                return ready ? 0 : status
+            }
+            usleep(2_000)
+        }
+    }
+
+    /// Unmounts images/<key>/lazy (also a dead mount) and makes sure its
+    /// daemon has exited; removes its state and log.
+    static func unmountLazy(_ paths: StatePaths, _ key: String) throws {
+        let mnt = lazyMountPoint(paths, key)
+        let state = MountControl.readState(mnt)
+        guard isMounted(mnt) || state != nil else { return }
+        defer { try? FileManager.default.removeItem(atPath: ImageCommand.Mount.logPath(mnt)) }
+        do {
+            try MountControl.unmount(mnt)
+        } catch {
+            if isMounted(mnt) { throw CLIError("cannot unmount the lazy image mount \(mnt): \(error)") }
+        }
+        // the daemon exits when its mount goes away; one that did not in time is killed
+        if let pid = state?.pid, state?.mode == "fuse", MountControl.isAlive(pid) {
+            kill(pid, SIGKILL)
+        }
+    }
+
     /// Unmounts the image when no container record refers to it any more
-    /// (the materialized files stay as a cache for the next run).
-    static func release(_ paths: StatePaths, _ key: String) {
-        _ = try? withLock(paths, key) {
+    /// (the materialized files and the chunk cache stay for the next run).
+    static func release(_ paths: StatePaths, _ key: String) throws {
+        try withLock(paths, key) {
             guard !ContainerRecord.all(paths).contains(where: { $0.imageKey == key }) else { return }
             let mnt = paths.image(key) + "/rootfs"
             if isMounted(mnt) { umount2(mnt, 0) }
+            try unmountLazy(paths, key)
         }
     }
 }
 
+/// An unlinked temporary file (for a child's output).
+final class ScratchFile {
+    let fd: Int32
+
+    init() throws {
+        let path = "/tmp/.kangaroo-out-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw CLIError("cannot create \(path): \(String(cString: strerror(errno)))") }
+        unlink(path)
+    }
+
+    deinit { close(fd) }
+
+    func contents() -> String {
+        var data = [UInt8](repeating: 0, count: 1 << 16)
+        let n = pread(fd, &data, data.count, 0)
+        return n > 0 ? String(decoding: data.prefix(n), as: UTF8.self) : ""
+    }
+}
+
 /// Removes everything a container has, in reverse order of creation:
-/// runtime state (process, cgroup), overlay mount, directory, image mount.
+/// runtime state (process, cgroup), overlay mount, directory, image mount
+/// (and lazy mount daemon) once no other container uses the image.
 func teardown(_ record: ContainerRecord, paths: StatePaths, runtime: RuntimeClient?) throws {
     if let runtime, runtime.status(record.id) != nil {
         try runtime.call(["delete", "--force", record.id])
@@ -127,7 +256,7 @@ func teardown(_ record: ContainerRecord, paths: StatePaths, runtime: RuntimeClie
     guard !ImageRootfs.isMounted(rootfs) else { throw CLIError("\(rootfs) is still mounted") }
     let dir = paths.container(record.id)
     if FileManager.default.fileExists(atPath: dir) { try FileManager.default.removeItem(atPath: dir) }
-    ImageRootfs.release(paths, record.imageKey)
+    try ImageRootfs.release(paths, record.imageKey)
 }
 
 struct Ps: AsyncParsableCommand {

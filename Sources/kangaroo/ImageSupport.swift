@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KangarooImage
 import KangarooOCI
 import Logging
 import SystemPackage
@@ -17,19 +18,20 @@ func storeTag(_ name: String) -> String {
 }
 
 extension GlobalOptions {
-    func registryClient(for reference: Reference, logger: Logger) throws -> RegistryClient {
+    /// `credentials` when given, else the user's (`credentials()`).
+    func registryClient(for reference: Reference, logger: Logger, credentials known: RegistryCredentials? = nil) throws -> RegistryClient {
         let env = ProcessInfo.processInfo.environment
         let retries = env["KANGAROO_REGISTRY_RETRIES"].flatMap(Int.init) ?? 3
         let timeout = env["KANGAROO_REGISTRY_TIMEOUT"].flatMap(Int.init) ?? 30
-        let creds = try credentials().map { RegistryClient.Credentials(username: $0.username, password: $0.password) }
+        let creds = try (known ?? credentials()).map { RegistryClient.Credentials(username: $0.username, password: $0.password) }
         return RegistryClient(host: reference.host, plainHTTP: plainHTTP ? true : nil, credentials: creds,
                               timeout: .seconds(timeout), retries: retries, logger: logger)
     }
 
     /// Runs `body` with a registry client that is shut down afterwards.
-    func withRegistry<T>(_ reference: Reference, logger: Logger,
+    func withRegistry<T>(_ reference: Reference, logger: Logger, credentials: RegistryCredentials? = nil,
                          _ body: (RegistryClient) async throws -> T) async throws -> T {
-        let client = try registryClient(for: reference, logger: logger)
+        let client = try registryClient(for: reference, logger: logger, credentials: credentials)
         do {
             let result = try await body(client)
             await client.shutdown()
@@ -59,6 +61,28 @@ extension GlobalOptions {
             progress.finish()
             return (store, tag)
         }
+    }
+}
+
+extension GlobalOptions {
+    /// For a lazy mount of a registry image: pulls only its manifest, config
+    /// and bootstrap into the store (tagged with `reference`) and loads it.
+    /// Also returns `reference` pinned to the manifest's digest, so that a
+    /// mount of it shows this very image even if the tag moves.
+    func openLazyImage(_ reference: Reference, credentials: RegistryCredentials?,
+                       logger: Logger) async throws -> (KangarooImage, OCILayout, Reference) {
+        let store = try openStore()
+        let descriptor = try await withRegistry(reference, logger: logger, credentials: credentials) { client in
+            let resolved = try await client.resolveManifest(reference)
+            guard let first = resolved.manifest.layers.first, first.mediaType == KangarooMediaTypes.bootstrap else {
+                throw CLIError("\(reference) is an OCI image, not a Kangaroo image: convert it first (kangaroo image convert \(reference) NAME)")
+            }
+            return try await ImageTransfer(client: client, logger: logger).pull(
+                reference, into: store, tag: reference.description, onlyLayers: [first.digest], resolved: resolved).1
+        }
+        let pinned = try Reference(host: reference.host, repository: reference.repository, tag: reference.tag,
+                                   digest: descriptor.digest)
+        return (try KangarooImage.load(from: store, descriptor: descriptor), store, pinned)
     }
 }
 

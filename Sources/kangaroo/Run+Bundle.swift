@@ -16,6 +16,8 @@ struct StatePaths {
 
     var containers: String { stateDirectory + "/containers" }
     var images: String { stateDirectory + "/images" }
+    /// The chunk cache of the lazy image mounts.
+    var cache: String { stateDirectory + "/cache" }
     func container(_ id: String) -> String { containers + "/" + id }
     func image(_ hex: String) -> String { images + "/" + hex }
 }

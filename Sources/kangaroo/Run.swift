@@ -3,17 +3,23 @@ import Foundation
 import KangarooImage
 import KangarooOCI
 
-/// `kangaroo run`: image -> kernel EROFS mount (cached per image) ->
-/// overlayfs per container -> OCI bundle -> kangaroo-runtime.
+/// `kangaroo run`: image -> lazy mount (registry images) or kernel EROFS
+/// mount (cached per image) -> overlayfs per container -> OCI bundle ->
+/// kangaroo-runtime.
 struct RunCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "run",
         abstract: "Run a command in a new container from a Kangaroo image.",
         discussion: """
-        IMAGE is a store name, oci:DIR[:TAG] or a registry reference (pulled first). The image is mounted \
-        read-only with the kernel's EROFS driver (materialized once under $KANGAROO_STATE_DIR/images, default \
-        /var/lib/kangaroo/images), a per-container overlayfs goes on top, and kangaroo-runtime (next to this \
-        binary, or $KANGAROO_RUNTIME) runs it. In the foreground the exit status is the container's.
+        IMAGE is a store name, oci:DIR[:TAG] or a registry reference. A registry image is mounted lazily \
+        (kangaroo image mount --daemon: only its manifest, config and bootstrap are pulled, file data is fetched \
+        on first read into the chunk cache $KANGAROO_STATE_DIR/cache; with a complete cache the kernel's EROFS \
+        driver mounts it) at $KANGAROO_STATE_DIR/images/<manifest>/lazy (default state dir /var/lib/kangaroo). \
+        A store or oci: image (or any with --no-lazy, which pulls a registry image whole first) is \
+        materialized once under $KANGAROO_STATE_DIR/images and mounted read-only with the kernel's EROFS driver. \
+        Either mount is shared by the containers of the image and removed with the last of them. A \
+        per-container overlayfs goes on top, and kangaroo-runtime (next to this binary, or $KANGAROO_RUNTIME) \
+        runs it. In the foreground the exit status is the container's.
         """)
 
     @OptionGroup var options: GlobalOptions
@@ -24,6 +30,8 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: "CPUs (fractions allowed): CFS quota over a 100 ms period.") var cpus: Double?
     @Option(name: [.short, .long], help: "Set an environment variable (KEY=VALUE).") var env: [String] = []
     @Flag(name: [.long, .customLong("timing")], help: "Print to stderr how long the steps took.") var time = false
+    @Flag(inversion: .prefixedNo, help: "Mount the image lazily (data fetched on first read); default: on for registry references only.")
+    var lazy: Bool?
     @Argument(help: "The image (store name, registry reference or oci:DIR:TAG).") var image: String
     @Argument(parsing: .captureForPassthrough, help: "Command and arguments (default: the image's Entrypoint and Cmd).")
     var command: [String] = []
@@ -49,8 +57,19 @@ struct RunCommand: AsyncParsableCommand {
             let rt = try RuntimeClient(paths: paths)
             runtime = rt
 
-            // 1. the image and its config
-            let (kimage, layout) = try await options.openKangarooImage(image, logger: logger, progress: progress)
+            // 1. the image and its config (only those and the bootstrap for a lazy mount)
+            let kimage: KangarooImage, layout: OCILayout
+            var lazyReference: String?
+            var credentials: RegistryCredentials?
+            if case .registry(let reference) = try ImageLocation.parse(image), lazy ?? true {
+                credentials = try options.credentials()
+                let pinned: Reference
+                (kimage, layout, pinned) = try await options.openLazyImage(reference, credentials: credentials, logger: logger)
+                lazyReference = pinned.description
+            } else {
+                (kimage, layout) = try await options.openKangarooImage(image, logger: logger, progress: progress)
+                if lazy == true { lazyReference = image }
+            }
             let imageConfig = try layout.readConfig(kimage.manifest).config
             let key = kimage.manifestDescriptor?.digest.encoded ?? kimage.bootstrapDescriptor.digest.encoded
             marks.append(("image", Date()))
@@ -71,7 +90,16 @@ struct RunCommand: AsyncParsableCommand {
 
             // 3. read-only image mount (shared), overlay on top
             try ImageRootfs.withLock(paths, key) {
-                let lower = try Self.mountImage(kimage, layout: layout, directory: paths.image(key))
+                let lower: String
+                if let lazyReference {
+                    let (mnt, reused) = try ImageRootfs.mountLazy(lazyReference, paths: paths, key: key, options: options,
+                                                                  credentials: credentials)
+                    lower = mnt
+                    marks.append((reused ? "lazy mount (reused)" : "lazy mount", Date()))
+                } else {
+                    lower = try Self.mountImage(kimage, layout: layout, directory: paths.image(key))
+                    marks.append(("image mount", Date()))
+                }
                 for sub in ["upper", "work", "rootfs"] {
                     try FileManager.default.createDirectory(atPath: dir + "/" + sub, withIntermediateDirectories: false)
                 }
@@ -80,7 +108,7 @@ struct RunCommand: AsyncParsableCommand {
                     throw CLIError("mounting overlayfs at \(dir)/rootfs failed: \(String(cString: strerror(errno)))")
                 }
             }
-            marks.append(("rootfs", Date()))
+            marks.append(("overlay", Date()))
 
             // 4. the bundle
             let rootfs = r.rootfs(paths)
@@ -119,7 +147,7 @@ struct RunCommand: AsyncParsableCommand {
                 done.exitCode = status
                 try done.save(paths)
                 if ImageRootfs.isMounted(rootfs) { umount2(rootfs, Int32(MNT_DETACH)) }
-                ImageRootfs.release(paths, key)
+                try? ImageRootfs.release(paths, key)
             }
             report(started, marks)
             Glibc.exit(status)
