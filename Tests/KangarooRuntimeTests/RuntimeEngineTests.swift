@@ -59,6 +59,24 @@ final class RuntimeEngineTests {
         #expect(try Harness.run(podman + ["pause", "kr-pd"]).code == 0)
         #expect(try Harness.run(podman + ["unpause", "kr-pd"]).code == 0)
         #expect(try Harness.run(podman + ["rm", "-f", "-t", "0", "kr-pd"]).code == 0)
+
+        // -it: the pty comes through the console socket; `script` gives podman a tty.
+        let it = (podman + ["run", "--rm", "-it"] + ulimits + [image, "sh", "-c", "'tty; echo tty-ok'"]).joined(separator: " ")
+        let tty = try Harness.run(["/usr/bin/script", "-qc", it, "/dev/null"])
+        #expect(tty.out.contains("/dev/pts/"), "\(tty.out) \(tty.err)")
+        #expect(tty.out.contains("tty-ok"))
+
+        // --memory reaches the container's memory cgroup.
+        let m = try Harness.run(podman + ["run", "-d", "--name", "kr-pm", "--memory", "64m"] + ulimits + [image, "sleep", "1000"])
+        #expect(m.code == 0, "\(m.err)")
+        defer { _ = try? Harness.run(podman + ["rm", "-f", "-t", "0", "kr-pm"]) }
+        let line = try Harness.run(podman + ["exec", "kr-pm", "sh", "-c", "grep -E '^[0-9]+:memory:' /proc/self/cgroup"]).out
+        let path = line.split(separator: ":", maxSplits: 2).last.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) } ?? ""
+        #expect(!path.isEmpty, "\(line)")
+        let limit = path == "/"
+            ? try Harness.run(podman + ["exec", "kr-pm", "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]).out
+            : (try? String(contentsOfFile: "/sys/fs/cgroup/memory" + path + "/memory.limit_in_bytes", encoding: .utf8)) ?? ""
+        #expect(limit.trimmingCharacters(in: .whitespacesAndNewlines) == "67108864", "cgroup \(path): \(limit)")
     }
 
     func startContainerd() throws -> [String] {
