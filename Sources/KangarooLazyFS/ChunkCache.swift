@@ -21,6 +21,8 @@ public final class ChunkCache: Sendable {
         let bitmapFD: Int32
         let blocks: UInt64
         let bits: Mutex<[UInt8]>
+        /// End of the range last hinted to the kernel for readahead.
+        let hinted = Atomic<UInt64>(0)
 
         init(directory: String, blob: BlobInfo) throws(LazyFSError) {
             digestHex = blob.digestHex
@@ -113,7 +115,23 @@ public final class ChunkCache: Sendable {
         let count = min(buffer.count, max(0, Int(chunk.uncompressedSize) - offset))
         guard count > 0 else { return 0 }
         let at = UInt64(chunk.blockAddress) * 4096 + UInt64(offset)
+        Self.readAhead(file, from: at + UInt64(count))
         return try Sys.preadFull(file.dataFD, UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count]), at: at, what: file.dataPath)
+    }
+
+    /// Reads come one FUSE request at a time, a few KiB each for small
+    /// files, from worker threads sharing one descriptor, so the kernel's
+    /// sequential readahead on the cache file rarely kicks in and every
+    /// cold read waits for the disk. Files of a directory sit next to each
+    /// other in the blob: when a read gets near the end of the last hinted
+    /// window, ask the kernel (WILLNEED, asynchronous) for the next 1 MiB.
+    static let readAheadWindow: UInt64 = 1 << 20
+
+    static func readAhead(_ file: BlobFile, from end: UInt64) {
+        let hinted = file.hinted.load(ordering: .relaxed)
+        guard end + readAheadWindow / 2 > hinted || end + 2 * readAheadWindow < hinted else { return }
+        file.hinted.store(end + readAheadWindow, ordering: .relaxed)
+        _ = posix_fadvise(file.dataFD, off_t(end), off_t(readAheadWindow), POSIX_FADV_WILLNEED)
     }
 
     /// Persists verified chunks (ToC index, uncompressed bytes) of one blob

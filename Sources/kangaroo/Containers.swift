@@ -155,7 +155,10 @@ enum ImageRootfs {
             throw error
         }
         guard status == 0, isMounted(mnt) else {
-            // the mount command cleans up after itself; make sure
+            // the daemon forked by the mount command may still be starting: stop it, then remove what it left
+            let daemons = mountProcesses(mnt)
+            daemons.forEach { kill($0, SIGKILL) }
+            for _ in 0..<500 where daemons.contains(where: MountControl.isAlive) { usleep(2_000) }
             try? unmountLazy(paths, key)
             try? FileManager.default.removeItem(atPath: mnt)
             let text = errors.contents().trimmingCharacters(in: .whitespacesAndNewlines)
@@ -167,9 +170,9 @@ enum ImageRootfs {
 
     /// Waits until `image mount --daemon` (process `starter`) has exited or
     /// the mount at `mnt` (not mounted before) is up with its daemon; in the
-    /// latter case `starter` is no longer needed (its own check can miss a
-    /// mount made before it looked) and is stopped. The starter's exit status,
-    /// 0 once the mount is up.
+    /// latter case `starter` is no longer needed and is stopped (the daemon
+    /// it forked keeps serving). The starter's exit status, 0 once the mount
+    /// is up.
     static func waitForMount(_ mnt: String, starter pid: pid_t, timeout: TimeInterval = 300) -> Int32 {
         let limit = Date().addingTimeInterval(timeout)
         while true {
@@ -185,6 +188,17 @@ enum ImageRootfs {
                 return ready ? 0 : status
             }
             usleep(2_000)
+        }
+    }
+
+    /// Processes running `kangaroo image mount ... MOUNTPOINT` for `mnt` (the
+    /// mount command and the daemon it forks, which has the same arguments).
+    static func mountProcesses(_ mnt: String) -> [pid_t] {
+        let pids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap { pid_t($0) } ?? []
+        return pids.filter { pid in
+            guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+            let args = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            return args.count > 3 && args[1] == "image" && args[2] == "mount" && args.last == mnt
         }
     }
 
