@@ -45,7 +45,7 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .target(name: "KangarooLazyFS", dependencies: ["KangarooImage", "KangarooFUSE"]),
+        .target(name: "KangarooLazyFS", dependencies: ["KangarooImage", "KangarooFUSE", "CKangaroo"]),
         .target(name: "KangarooRuntime", dependencies: ["KangarooSystem", "CSeccomp"]),
 
         // Executables.

@@ -1,8 +1,11 @@
 // FUSE-specific syscall helpers for KangarooFUSE (ioctls Glibc lacks) and
 // the kernel header's struct layouts for the Swift encoders' unit tests.
+#define _GNU_SOURCE
 #include "ckangaroo_fuse.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
 #include <linux/fuse.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -82,4 +85,8 @@ long ckg_fuse_field_offset(const char *name) {
         if (strcmp(offsets[i].name, name) == 0) return offsets[i].offset;
     }
     return -1;
+}
+
+int ckg_punch_hole(int fd, long long offset, long long length) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length);
 }

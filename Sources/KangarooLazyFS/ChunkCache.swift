@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import CKangaroo
 import Glibc
 #endif
 import KangarooImage
@@ -141,11 +142,23 @@ public final class ChunkCache: Sendable {
         for item in items { byBlob[chunks[item.index].blob, default: []].append(item) }
         for (blob, group) in byBlob {
             let file = files[blob]
-            for item in group {
-                let chunk = chunks[item.index]
-                try Sys.pwriteAll(file.dataFD, bytes: item.data, at: UInt64(chunk.blockAddress) * 4096, what: file.dataPath)
+            do {
+                for item in group {
+                    let chunk = chunks[item.index]
+                    try Sys.pwriteAll(file.dataFD, bytes: item.data, at: UInt64(chunk.blockAddress) * 4096, what: file.dataPath)
+                }
+                try Sys.fdatasync(file.dataFD, what: file.dataPath)
+            } catch {
+                // Disk full or failing: give back the blocks the partial
+                // writes took (the chunks are not marked, so nothing cached
+                // is lost), so a full cache still takes smaller chunks.
+                for item in group where !isCached(item.index) {
+                    let chunk = chunks[item.index]
+                    let range = Self.blockRange(chunk)
+                    _ = ckg_punch_hole(file.dataFD, Int64(range.lowerBound * 4096), Int64(UInt64(range.count) * 4096))
+                }
+                throw error
             }
-            try Sys.fdatasync(file.dataFD, what: file.dataPath)
             try file.bits.withLock { (bits) throws(LazyFSError) in
                 var low = Int.max, high = -1
                 for item in group {

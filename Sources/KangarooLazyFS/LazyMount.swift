@@ -22,6 +22,8 @@ public final class LazyMount: Sendable {
         /// Write `LazyStats` JSON here every `statsInterval`.
         public var statsPath: String?
         public var statsInterval: Duration = .seconds(1)
+        /// Serve Prometheus metrics on this IPv4 address and port (GET /metrics).
+        public var metricsAddress: (host: String, port: UInt16)?
 
         public init(mountPoint: String, cacheDirectory: String) {
             self.mountPoint = mountPoint
@@ -37,6 +39,7 @@ public final class LazyMount: Sendable {
     let logger: Logger
     private let running = Atomic<Bool>(false)
     private let prefetchDone = Atomic<Bool>(false)
+    private let metrics = Mutex<MetricsEndpoint?>(nil)
 
     public init(image: KangarooImage, source: any ChunkSource, options: Options, logger: Logger) throws(LazyFSError) {
         self.options = options
@@ -60,6 +63,16 @@ public final class LazyMount: Sendable {
             throw LazyFSError(.mount, "mounting the image at \(options.mountPoint) with FUSE failed", underlying: error)
         }
         running.store(true, ordering: .sequentiallyConsistent)
+        if let address = options.metricsAddress {
+            do {
+                let endpoint = try MetricsEndpoint(host: address.host, port: address.port, logger: logger) { [self] in stats() }
+                metrics.withLock { $0 = endpoint }
+            } catch {
+                try? server.stop()
+                running.store(false, ordering: .sequentiallyConsistent)
+                throw error
+            }
+        }
         writeStats()
         Prefetcher.run(fetcher, mode: options.prefetch, concurrency: options.prefetchConcurrency, logger: logger) { [self] _ in
             prefetchDone.store(true, ordering: .sequentiallyConsistent)
@@ -80,6 +93,7 @@ public final class LazyMount: Sendable {
     public func wait() {
         server.wait()
         running.store(false, ordering: .sequentiallyConsistent)
+        metrics.withLock { $0?.close() }
         writeStats()
     }
 
@@ -89,8 +103,12 @@ public final class LazyMount: Sendable {
             throw LazyFSError(.mount, "unmounting \(options.mountPoint) failed", underlying: error)
         }
         running.store(false, ordering: .sequentiallyConsistent)
+        metrics.withLock { $0?.close() }
         writeStats()
     }
+
+    /// The port of the metrics endpoint (nil without one).
+    public var metricsPort: UInt16? { metrics.withLock { $0?.port } }
 
     public func stats() -> LazyStats {
         var s = fetcher.stats()

@@ -33,6 +33,8 @@ extension ImageCommand {
         @Option(help: "Concurrent prefetch workers.") var prefetchConcurrency: Int = 2
         @Option(help: "Cap the bandwidth taken from the source, bytes per second (K/M/G allowed; 0: no cap).")
         var maxRate: String = "0"
+        @Option(help: "Serve Prometheus metrics on HOST:PORT (GET /metrics; an IPv4 address, e.g. 127.0.0.1:9464).")
+        var metrics: String?
         @Option(help: "Record the files opened, in first-access order, into this prefetch list file.") var trace: String?
 
         func run() async throws {
@@ -44,6 +46,13 @@ extension ImageCommand {
                 }
                 guard ["fuse", "kernel", "auto"].contains(mode) else { throw CLIError("--mode '\(mode)' is not one of fuse, kernel, auto") }
                 guard deadline > 0, let gap = parseSize(mergeGap) else { throw CLIError("--deadline must be > 0 and --merge-gap a size") }
+                let metricsAddress: (host: String, port: UInt16)? = try metrics.map { text in
+                    let parts = text.split(separator: ":")
+                    guard parts.count == 2, let port = UInt16(parts[1]) else {
+                        throw CLIError("--metrics '\(text)' is not HOST:PORT (e.g. 127.0.0.1:9464)")
+                    }
+                    return (String(parts[0]), port)
+                }
                 guard let rate = parseSize(maxRate), rate >= 0 else { throw CLIError("--max-rate '\(maxRate)' is not a size (bytes per second, K/M/G allowed)") }
                 let mountPoint = MountControl.normalize(self.mountPoint)
                 var isDirectory: ObjCBool = false
@@ -79,10 +88,14 @@ extension ImageCommand {
                 mountOptions.fetch.mergeGap = UInt64(gap)
                 mountOptions.tracePath = trace.map(MountControl.normalize)
                 mountOptions.statsPath = MountControl.statsPath(mountPoint)
+                mountOptions.metricsAddress = metricsAddress
                 try FileManager.default.createDirectory(atPath: MountControl.runDirectory, withIntermediateDirectories: true)
                 let lazy = try LazyMount(image: image, source: source, options: mountOptions, logger: logger)
                 try lazy.start()
                 emit("mounted \(reference) at \(mountPoint) (fuse) in \(milliseconds(since: started)) ms")
+                if let address = metricsAddress, let port = lazy.metricsPort {
+                    emit("metrics at http://\(address.host):\(port)/metrics")
+                }
                 try MountControl.writeState(.init(pid: getpid(), mountPoint: mountPoint, cacheDirectory: cacheDirectory,
                                                   mode: "fuse", image: reference))
 
@@ -182,6 +195,7 @@ extension ImageCommand {
                     let text = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
                     print(text.split(separator: "\n").first(where: { $0.hasPrefix("mounted") }).map(String.init)
                           ?? "mounted \(reference) at \(mountPoint) (\(now))")
+                    if let metricsLine = text.split(separator: "\n").first(where: { $0.hasPrefix("metrics at ") }) { print(metricsLine) }
                     if state.mode == "fuse" { print("daemon pid \(state.pid), log \(logPath)") }
                     return
                 }

@@ -134,6 +134,83 @@ struct LazyMountIntegrationTests {
         #expect(log.range(of: "chunk [0-9]+ \\(blob sha256:", options: .regularExpression) != nil)
     }
 
+    @Test("disk full: reads that cannot be cached get EIO, never wrong bytes; the cache stays consistent across a remount")
+    func diskFull() throws {
+        let tmp = try MountTemp("enospc")
+        try Self.prepare(tmp, ("sample", "latest"))
+        // A 3 MiB tmpfs holds about half of the image's 5.7 MiB of chunks.
+        let cache = tmp.sub("smallcache")
+        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+        #expect(Glibc.mount("tmpfs", cache, "tmpfs", 0, "size=3m") == 0)
+        var files: [String] = []
+        let enumerator = FileManager.default.enumerator(atPath: tmp.sub("kernel"))
+        while let rel = enumerator?.nextObject() as? String {
+            var st = stat()
+            if lstat(tmp.sub("kernel/") + rel, &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_size > 0 { files.append(rel) }
+        }
+        files.sort()
+        func readAll(_ mp: String) -> (good: Int, failed: Int) {
+            var good = 0, failed = 0
+            for rel in files {
+                if let data = FileManager.default.contents(atPath: mp + "/" + rel) {
+                    #expect(data == FileManager.default.contents(atPath: tmp.sub("kernel/") + rel), "wrong bytes in \(rel)")
+                    good += 1
+                } else {
+                    failed += 1
+                }
+            }
+            return (good, failed)
+        }
+        let mp = tmp.sub("fuse")
+        try FileManager.default.createDirectory(atPath: mp, withIntermediateDirectories: true)
+        try tmp.kangaroo(["image", "mount", "--daemon", "--mode", "fuse", "--prefetch", "none", "--cache", cache, "img:latest", mp])
+        let first = readAll(mp)
+        #expect(first.failed > 0 && first.good > 0, "\(first) \((try? run("sh", ["-c", "cat \(mp)/etc/passwd; df \(cache); ls -la \(cache); cat \(tmp.runDir)/*.log"]))?.output ?? "")")
+        // EIO, as the kernel reports it to a reader.
+        let cat = try run("sh", ["-c", "cd \(mp) && find . -type f -exec cat {} + > /dev/null"])
+        #expect(cat.stderr.contains("Input/output error"), "\(cat.stderr.suffix(300))")
+        usleep(1_200_000)
+        let stats = try statsJSON(tmp, mp)
+        #expect((stats["errors"] as? Int ?? 0) > 0, "\(stats)")
+        try tmp.kangaroo(["image", "umount", mp])
+        // Remount on the same full cache: what was cached is served, correctly.
+        try tmp.kangaroo(["image", "mount", "--daemon", "--mode", "fuse", "--prefetch", "none", "--cache", cache, "img:latest", mp])
+        let cachedAtStart = try statsJSON(tmp, mp)["chunksCached"] as? Int ?? 0
+        #expect(cachedAtStart > 0)
+        let second = readAll(mp)
+        #expect(second.good >= first.good, "\(second) after \(first)")
+        try tmp.kangaroo(["image", "umount", mp])
+        umount2(cache, Int32(MNT_DETACH))
+    }
+
+    @Test("Prometheus metrics on --metrics: the same counters as image stats; 404 elsewhere; closed after umount")
+    func prometheusEndpoint() throws {
+        let tmp = try MountTemp("metrics")
+        try Self.prepare(tmp, ("sample", "latest"))
+        let r = try Self.mount(tmp, "img:latest", tmp.sub("fuse"), ["--mode", "fuse", "--prefetch", "none", "--metrics", "127.0.0.1:0"])
+        let log = (try? FileManager.default.contentsOfDirectory(atPath: tmp.runDir))?.filter { $0.hasSuffix(".log") }
+            .compactMap { try? String(contentsOfFile: tmp.runDir + "/" + $0, encoding: .utf8) }.joined() ?? ""
+        let url = (r.stdout + log).split(separator: "\n").first { $0.hasPrefix("metrics at ") }.map { String($0.dropFirst(11)) }
+        let endpoint = try #require(url, "\(r.output) \(log)")
+        _ = FileManager.default.contents(atPath: tmp.sub("fuse/bin/busybox"))
+        let body = try run("curl", ["-sf", endpoint])
+        #expect(body.status == 0, "\(body.output)")
+        func value(_ name: String) -> Double? {
+            body.stdout.split(separator: "\n").first { $0.hasPrefix("kangaroo_lazy_\(name){") }
+                .flatMap { $0.split(separator: " ").last }.flatMap { Double($0) }
+        }
+        #expect((value("fetched_bytes_total") ?? 0) > 0, "\(body.stdout)")
+        #expect((value("chunks_cached") ?? 0) > 0)
+        #expect(value("chunks") == Double(try statsJSON(tmp, tmp.sub("fuse"))["chunksTotal"] as? Int ?? -1))
+        #expect(body.stdout.contains("# TYPE kangaroo_lazy_fetch_latency_milliseconds summary"))
+        #expect(body.stdout.contains("mountpoint=\"\(tmp.sub("fuse"))\""))
+        let other = try run("curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", endpoint.replacingOccurrences(of: "/metrics", with: "/other")])
+        #expect(other.stdout == "404")
+        try tmp.kangaroo(["image", "umount", tmp.sub("fuse")])
+        usleep(300_000)
+        #expect(try run("curl", ["-sf", "--max-time", "2", endpoint]).status != 0)
+    }
+
     @Test("kill -9 of the daemon mid-prefetch, umount of the dead mount, remount resumes from the cache")
     func killAndResume() throws {
         let tmp = try MountTemp("kill")

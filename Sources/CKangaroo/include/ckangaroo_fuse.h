@@ -17,4 +17,8 @@ long ckg_fuse_struct_size(const char *name);
 /// offsetof for a few fields unit tests check (`struct.field`).
 long ckg_fuse_field_offset(const char *name);
 
+/// fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) over [offset,
+/// offset+length): gives a sparse cache file's blocks back. 0 or -1/errno.
+int ckg_punch_hole(int fd, long long offset, long long length);
+
 #endif
