@@ -4,6 +4,7 @@
 #   sample/          the README's sample image (busybox + app), tag latest
 #   synthetic/       every tree case (tag synthetic) and the hostile layers (tags hostile-*)
 #   debian-python/   debootstrap minbase + python3 (tags base, python)
+#   bigdata/         busybox base + one 512 MiB random file and 4,096 small files (tag bigdata)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 OUT=${KANGAROO_TESTIMAGES:-/var/cache/kangaroo/testimages}
@@ -21,4 +22,5 @@ build_py() {  # name script: rebuild when the script changed
 build_py sample sample.py
 [ "${1:-}" = "--sample-only" ] && exit 0
 build_py synthetic synthetic.py
+build_py bigdata bigdata.py
 bash "$here/debian-python.sh" "$OUT/debian-python"
