@@ -143,13 +143,7 @@ struct LazyMountIntegrationTests {
         let cache = tmp.sub("smallcache")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
         #expect(Glibc.mount("tmpfs", cache, "tmpfs", 0, "size=3m") == 0)
-        var files: [String] = []
-        let enumerator = FileManager.default.enumerator(atPath: tmp.sub("kernel"))
-        while let rel = enumerator?.nextObject() as? String {
-            var st = stat()
-            if lstat(tmp.sub("kernel/") + rel, &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_size > 0 { files.append(rel) }
-        }
-        files.sort()
+        let files = nonEmptyRegularFiles(under: tmp.sub("kernel"))
         func readAll(_ mp: String) -> (good: Int, failed: Int) {
             var good = 0, failed = 0
             for rel in files {
@@ -264,13 +258,7 @@ struct LazyMountIntegrationTests {
         let blobs = try FileManager.default.contentsOfDirectory(atPath: lazyStore + "/blobs/sha256")
         #expect(blobs.count == 3, "manifest, config, bootstrap only: \(blobs)")
         // Read half the files through the registry.
-        var files: [String] = []
-        let enumerator = FileManager.default.enumerator(atPath: tmp.sub("kernel"))
-        while let rel = enumerator?.nextObject() as? String {
-            var st = stat()
-            if lstat(tmp.sub("kernel/") + rel, &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_size > 0 { files.append(rel) }
-        }
-        files.sort()
+        let files = nonEmptyRegularFiles(under: tmp.sub("kernel"))
         let warm = files.enumerated().filter { $0.offset % 2 == 0 }.map(\.element)
         let cold = files.enumerated().filter { $0.offset % 2 == 1 }.map(\.element)
         for rel in warm {
@@ -299,6 +287,17 @@ struct LazyMountIntegrationTests {
         try expectSameTree(tmp.sub("kernel"), mp, "registry-backed FUSE mount")
         try tmp.kangaroo(["image", "umount", mp])
     }
+}
+
+/// Relative paths of the non-empty regular files below `root`, sorted.
+func nonEmptyRegularFiles(under root: String) -> [String] {
+    var files: [String] = []
+    let enumerator = FileManager.default.enumerator(atPath: root)
+    while let rel = enumerator?.nextObject() as? String {
+        var st = stat()
+        if lstat(root + "/" + rel, &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_size > 0 { files.append(rel) }
+    }
+    return files.sorted()
 }
 
 func statsJSON(_ tmp: MountTemp, _ mp: String) throws -> [String: Any] {
