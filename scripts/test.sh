@@ -10,6 +10,7 @@ step() { echo "== $*" >&2; }
 step "dependencies"
 bash scripts/deps.sh
 sh scripts/runtime-test-deps.sh >/dev/null
+bash scripts/node-tuning.sh
 step "test images"
 bash scripts/testimages/build-all.sh
 step "build"

@@ -31,6 +31,11 @@ public protocol FUSEFileSystem: Sendable {
     /// writer is full. Include "." and ".." if `ls -a` should show them.
     func readdir(nodeID: UInt64, handle: UInt64, offset: UInt64, into writer: inout FUSEDirectoryWriter) throws(FUSEError)
     func releasedir(nodeID: UInt64, handle: UInt64)
+    /// The kernel has read directory `nodeID` to its end with READDIRPLUS,
+    /// so it now holds an inode for every entry: the filesystem may push
+    /// the contents of entries it expects to be read next into the page
+    /// cache through `cache` (a walk then reads them without a request).
+    func directoryListed(nodeID: UInt64, cache: FUSEPageCache)
     func statfs(nodeID: UInt64) throws(FUSEError) -> FUSEStatfs
     /// The value of xattr `name`; throw `.noAttribute` (ENODATA) if absent.
     func getxattr(nodeID: UInt64, name: [UInt8]) throws(FUSEError) -> [UInt8]
@@ -50,6 +55,7 @@ extension FUSEFileSystem {
     public func release(nodeID: UInt64, handle: UInt64) {}
     public func opendir(nodeID: UInt64) throws(FUSEError) -> FUSEOpenReply { .immutableDirectory }
     public func releasedir(nodeID: UInt64, handle: UInt64) {}
+    public func directoryListed(nodeID: UInt64, cache: FUSEPageCache) {}
     public func statfs(nodeID: UInt64) throws(FUSEError) -> FUSEStatfs { FUSEStatfs() }
     public func getxattr(nodeID: UInt64, name: [UInt8]) throws(FUSEError) -> [UInt8] { throw .noAttribute }
     public func listxattr(nodeID: UInt64) throws(FUSEError) -> [[UInt8]] { [] }

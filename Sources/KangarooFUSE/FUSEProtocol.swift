@@ -73,12 +73,15 @@ public struct FUSEInitFlags: OptionSet, Sendable, Hashable {
     public static let initExt = FUSEInitFlags(rawValue: 1 << 30)
     public static let passthrough = FUSEInitFlags(rawValue: 1 << 37)
     public static let noExportSupport = FUSEInitFlags(rawValue: 1 << 38)
+    /// FUSE over io_uring (7.42): the kernel offers it when the fuse module
+    /// has enable_uring set; requests then travel through per-CPU rings.
+    public static let overIOUring = FUSEInitFlags(rawValue: 1 << 41)
 
     /// What we ask for (intersected with what the kernel offers).
     public static let wanted: FUSEInitFlags = [
         .asyncRead, .parallelDirops, .cacheSymlinks, .doReaddirplus,
         .maxPages, .abortError, .asyncDIO, .initExt,
-        .noOpenSupport, .noOpendirSupport,
+        .noOpenSupport, .noOpendirSupport, .overIOUring,
     ]
 }
 

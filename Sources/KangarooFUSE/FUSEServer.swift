@@ -6,9 +6,12 @@ import Logging
 import Synchronization
 import SystemPackage
 
-/// Serves a `FUSEFileSystem` at a mount point over the raw /dev/fuse
-/// protocol. `start()` mounts, answers INIT and starts `threads` workers,
-/// each reading its own cloned /dev/fuse descriptor, so a request that
+/// Serves a `FUSEFileSystem` at a mount point over the raw FUSE protocol.
+/// `start()` mounts, answers INIT and starts the workers: with FUSE over
+/// io_uring (when the kernel offers it and `ioUring` is set) pinned
+/// workers per CPU queue, each owning one ring entry, plus two /dev/fuse
+/// readers for FORGET and INTERRUPT; otherwise `threads` workers, each
+/// reading its own cloned /dev/fuse descriptor. Either way a request that
 /// blocks (a read fetching data over the network) holds only its worker.
 /// `stop()` unmounts and waits for the workers.
 public final class FUSEServer: Sendable {
@@ -23,6 +26,11 @@ public final class FUSEServer: Sendable {
         /// keeps the kernel default.
         public var readaheadKiB: Int? = 1024
         public var initialization = FUSEInitOptions()
+        /// Use FUSE over io_uring when the kernel offers it (the fuse
+        /// module's enable_uring parameter); /dev/fuse otherwise.
+        public var ioUring = true
+        /// Ring workers per CPU queue; nil: max(2, threads / queues).
+        public var ringWorkersPerQueue: Int?
 
         public init(mountPoint: FilePath) { self.mountPoint = mountPoint }
     }
@@ -41,7 +49,9 @@ public final class FUSEServer: Sendable {
     public init(fileSystem: some FUSEFileSystem, configuration: Configuration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
-        self.session = FUSESession(fileSystem: fileSystem, options: configuration.initialization, logger: logger)
+        var options = configuration.initialization
+        if !configuration.ioUring { options.flags.remove(.overIOUring) }
+        self.session = FUSESession(fileSystem: fileSystem, options: options, logger: logger)
     }
 
     /// The protocol minor version agreed in INIT (nil before).
@@ -50,11 +60,20 @@ public final class FUSEServer: Sendable {
     public var statistics: FUSEStatistics { session.counters.snapshot }
     /// INIT flags both sides agreed on (empty before INIT).
     public var negotiatedFlags: FUSEInitFlags { session.negotiatedState?.flags ?? [] }
+    /// Workers started (ring workers and /dev/fuse readers): bounds the
+    /// requests served at once.
+    public var workerCount: Int { workers.withLock { $0 } }
+    private let workers = Mutex(0)
+    /// Pushes into the kernel's page cache of this mount (nil unless running).
+    public var pageCache: FUSEPageCache? { session.pageCache }
+    /// Whether requests travel through io_uring queues (set by `start()`).
+    public var usesIOUring: Bool { ringInUse.withLock { $0 } }
+    private let ringInUse = Mutex(false)
 
     /// Opens /dev/fuse, mounts, answers INIT and starts the workers. On
     /// return the mount serves requests.
     public func start() throws(FUSEError) {
-        let latch = FUSELatch(count: max(1, configuration.threads))
+        let latch = FUSELatch(count: 0)
         try state.withLock { (state: inout State) throws(FUSEError) in
             guard case .idle = state else { throw FUSEError(.state, "FUSE server was already started", errno: .alreadyInProcess) }
             state = .running(latch)
@@ -76,22 +95,23 @@ public final class FUSEServer: Sendable {
             try FUSEMount.mount(device: FileDescriptor(rawValue: sessionFD), at: path, options: configuration.mount)
             mounted = true
             try answerInit(fd: sessionFD)
-            for _ in 1..<max(1, configuration.threads) {
-                let clone = try Self.openDevice()
-                descriptors.append(clone)
-                let result = ckg_fuse_dev_clone(clone, UInt32(sessionFD))
-                if result != 0 {
-                    throw FUSEError(.device, "FUSE_DEV_IOC_CLONE failed", errno: Errno(rawValue: -result))
-                }
+            session.notifications.open(try Self.cloneDevice(of: sessionFD))
+            var readers = max(1, configuration.threads)
+            if negotiatedFlags.contains(.overIOUring), try startRing(sessionFD: sessionFD, latch: latch) {
+                readers = 2  // FORGET, INTERRUPT, and requests before the ring is ready.
             }
+            for _ in 1..<readers { descriptors.append(try Self.cloneDevice(of: sessionFD)) }
         } catch {
             if mounted { try? FUSEMount.unmount(path, lazy: true) }
             for fd in descriptors { close(fd) }
+            session.notifications.close()
             throw error
         }
         for (index, fd) in descriptors.enumerated() {
             let session = self.session
             let logger = self.logger
+            latch.add(1)
+            workers.withLock { $0 += 1 }
             do throws(FUSEError) {
                 try FUSEThread.spawnDetached {
                     Self.serve(fd: fd, session: session, logger: logger)
@@ -101,7 +121,7 @@ public final class FUSEServer: Sendable {
                 // Already-running workers exit once the mount goes away.
                 try? FUSEMount.unmount(path, lazy: true)
                 for fd in descriptors[index...] { close(fd) }
-                for _ in index..<descriptors.count { latch.countDown() }
+                latch.countDown()
                 throw error
             }
         }
@@ -110,7 +130,60 @@ public final class FUSEServer: Sendable {
                 logger.debug("fuse: could not set read_ahead_kb for \(info.major):\(info.minor)")
             }
         }
-        logger.info("fuse: serving \(path) with \(descriptors.count) workers, protocol 7.\(negotiatedMinor ?? 0)")
+        let transport = usesIOUring ? "io_uring queues and \(descriptors.count) /dev/fuse readers" : "\(descriptors.count) workers"
+        logger.info("fuse: serving \(path) with \(transport), protocol 7.\(negotiatedMinor ?? 0)")
+    }
+
+    /// Starts the io_uring workers, `ringWorkersPerQueue` per CPU queue.
+    /// Returns whether every one registered; if not, requests keep coming
+    /// through /dev/fuse (the kernel uses the ring only once every queue
+    /// has an entry) and the registered workers idle until unmount.
+    private func startRing(sessionFD: Int32, latch: FUSELatch) throws(FUSEError) -> Bool {
+        guard let queues = FUSERing.queueCount else {
+            logger.warning("fuse: cannot read /sys/devices/system/cpu/possible; serving through /dev/fuse")
+            return false
+        }
+        let perQueue = max(1, configuration.ringWorkersPerQueue ?? max(2, configuration.threads / queues))
+        let registration = FUSERing.Registration(workers: queues * perQueue)
+        var started = 0
+        defer { for _ in started..<(queues * perQueue) { registration.report(0) } }
+        for queue in 0..<queues {
+            for _ in 0..<perQueue {
+                let fd = try Self.cloneDevice(of: sessionFD)
+                let session = self.session
+                let logger = self.logger
+                latch.add(1)
+                workers.withLock { $0 += 1 }
+                do throws(FUSEError) {
+                    try FUSEThread.spawnDetached {
+                        FUSERing.serve(fd: fd, queue: queue, session: session, logger: logger, registration: registration)
+                        latch.countDown()
+                    }
+                } catch {
+                    close(fd)
+                    latch.countDown()
+                    throw error
+                }
+                started += 1
+            }
+        }
+        if let failure = registration.wait() {
+            logger.warning("fuse: io_uring registration failed (\(failure)); serving through /dev/fuse")
+            return false
+        }
+        ringInUse.withLock { $0 = true }
+        return true
+    }
+
+    /// A fresh /dev/fuse descriptor attached to the session's connection.
+    private static func cloneDevice(of sessionFD: Int32) throws(FUSEError) -> Int32 {
+        let clone = try openDevice()
+        let result = ckg_fuse_dev_clone(clone, UInt32(sessionFD))
+        guard result == 0 else {
+            close(clone)
+            throw FUSEError(.device, "FUSE_DEV_IOC_CLONE failed", errno: Errno(rawValue: -result))
+        }
+        return clone
     }
 
     /// Unmounts (lazily if busy: the workers then serve until the last user
@@ -129,6 +202,7 @@ public final class FUSEServer: Sendable {
             }
         }
         latch.wait()
+        session.notifications.close()
         // Workers also exit when the connection is aborted (fusectl abort):
         // do not leave the resulting ENOTCONN mount behind.
         if FUSEMount.isDeadMount(configuration.mountPoint) {

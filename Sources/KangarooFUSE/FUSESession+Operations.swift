@@ -81,6 +81,11 @@ extension FUSESession {
             var writer = FUSEDirectoryWriter(
                 buffer: UnsafeMutableRawBufferPointer(rebasing: body[0..<size]), isPlus: opcode == .readdirplus)
             try fileSystem.readdir(nodeID: node, handle: handle, offset: offset, into: &writer)
+            // An empty READDIRPLUS after the first means the kernel has
+            // processed every earlier reply of this listing.
+            if opcode == .readdirplus, writer.length == 0, offset > 0, let cache = pageCache {
+                fileSystem.directoryListed(nodeID: node, cache: cache)
+            }
             return .ok(writer.length)
 
         case .releasedir:

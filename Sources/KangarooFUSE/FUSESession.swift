@@ -28,6 +28,8 @@ final class FUSESession: Sendable {
     let counters = FUSECounters()
     private let negotiated = Mutex<Negotiated?>(nil)
     private let destroyed = Mutex(false)
+    /// The /dev/fuse descriptor for notifications (open between start and stop).
+    let notifications = FUSENotifyChannel()
 
     init(fileSystem: any FUSEFileSystem, options: FUSEInitOptions, logger: Logger) {
         self.fileSystem = fileSystem
@@ -38,6 +40,10 @@ final class FUSESession: Sendable {
     var negotiatedState: Negotiated? { negotiated.withLock { $0 } }
     var isDestroyed: Bool { destroyed.withLock { $0 } }
     func destroyedNow() { destroyed.withLock { $0 = true } }
+
+    var pageCache: FUSEPageCache? {
+        notifications.isOpen ? FUSEPageCache(channel: notifications) : nil
+    }
 
     /// Handles one request (`request` holds exactly what read(2) returned)
     /// and writes the reply into `reply`. Returns the reply length, or nil

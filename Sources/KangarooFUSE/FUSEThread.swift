@@ -49,6 +49,13 @@ final class FUSELatch: @unchecked Sendable {
         mutex.deallocate()
     }
 
+    /// Expects `count` more countdowns (a worker about to start).
+    func add(_ count: Int) {
+        pthread_mutex_lock(mutex)
+        self.count += count
+        pthread_mutex_unlock(mutex)
+    }
+
     func countDown() {
         pthread_mutex_lock(mutex)
         count -= 1

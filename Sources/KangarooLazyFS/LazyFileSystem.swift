@@ -18,10 +18,28 @@ public final class LazyFileSystem: FUSEFileSystem {
     private let directories = Mutex<[UInt64: [DirectoryEntry]]>([:])
     private let chunkMaps = Mutex<[UInt64: [Int?]]>([:])
 
-    public init(fetcher: ChunkFetcher, trace: AccessTrace? = nil, logger: Logger) {
+    /// Page-cache prefill of small files after a directory listing.
+    public struct Prefill: Sendable {
+        /// Largest file pushed (bytes).
+        public var maxFileSize: Int
+        /// Bytes pushed per directory listing at most; 0 turns prefill off.
+        public var budget: Int
+        public init(maxFileSize: Int = 64 << 10, budget: Int = 1 << 20) {
+            self.maxFileSize = maxFileSize
+            self.budget = budget
+        }
+        public static let off = Prefill(maxFileSize: 0, budget: 0)
+    }
+
+    let prefill: Prefill
+    private let prefillWorker: PrefillWorker
+
+    public init(fetcher: ChunkFetcher, trace: AccessTrace? = nil, prefill: Prefill = Prefill(), logger: Logger) {
         self.bootstrap = fetcher.bootstrap
         self.fetcher = fetcher
+        self.prefill = prefill
         self.trace = trace
+        self.prefillWorker = PrefillWorker()
         self.logger = logger
     }
 
@@ -139,6 +157,14 @@ public final class LazyFileSystem: FUSEFileSystem {
             logger.error("lazyfs: read of inode \(node.nid) at \(offset) (+\(buffer.count)) failed: \(error)")
             throw FUSEError.io
         }
+        return try copyCached(node, map: map, offset: offset, end: end, into: buffer)
+    }
+
+    /// Copies bytes [offset, end) of `node` from the chunk cache (every chunk
+    /// they touch must be cached; holes read as zeros).
+    func copyCached(_ node: ImageInode, map: [Int?], offset: UInt64, end: UInt64,
+                    into buffer: UnsafeMutableRawBufferPointer) throws(FUSEError) -> Int {
+        let chunkSize = UInt64(bootstrap.chunkSize)
         var position = offset
         var written = 0
         while position < end {
@@ -177,6 +203,40 @@ public final class LazyFileSystem: FUSEFileSystem {
                 trace?.noteLookup(parent: dir.nid, name: e.nameBytes, child: e.nid)
             }
             if !writer.append(name: e.nameBytes, inode: e.nid, type: type, nextOffset: UInt64(i + 1), entry: plus) { return }
+        }
+    }
+
+    /// After a listing, pushes the contents of the directory's small
+    /// regular files into the kernel's page cache, as kernel EROFS keeps a
+    /// small file's data inline in its inode block: reading the directory's
+    /// inodes brings their data along. Only files of at most
+    /// `prefill.maxFileSize` bytes whose chunks are all cached (a listing
+    /// never fetches), at most `prefill.budget` bytes per directory.
+    public func directoryListed(nodeID: UInt64, cache: FUSEPageCache) {
+        guard prefill.budget > 0, trace == nil else { return }
+        prefillWorker.submit { [self] in prefillDirectory(nodeID, cache: cache) }
+    }
+
+    /// Ends the prefill thread (the mount is going away).
+    public func stopPrefill() { prefillWorker.stop() }
+
+    func prefillDirectory(_ nodeID: UInt64, cache: FUSEPageCache) {
+        guard let dir = try? inode(nodeID), let list = try? entries(dir) else { return }
+        var budget = prefill.budget
+        var pushed = Set<UInt64>()
+        withUnsafeTemporaryAllocation(byteCount: prefill.maxFileSize, alignment: 4096) { buffer in
+            for e in list where e.fileType == 1 && budget > 0 {
+                guard let node = try? bootstrap.inode(e.nid), node.kind == .regular,
+                      node.size > 0, node.size <= UInt64(prefill.maxFileSize), node.size <= UInt64(budget),
+                      pushed.insert(e.nid).inserted,
+                      let map = try? chunkIndexes(node), map.allSatisfy({ $0.map(fetcher.cache.isCached) ?? true })
+                else { continue }
+                let target = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(node.size)])
+                guard let count = try? copyCached(node, map: map, offset: 0, end: node.size, into: target) else { continue }
+                if cache.store(nodeID: self.nodeID(e.nid), offset: 0, bytes: UnsafeRawBufferPointer(rebasing: target[0..<count])) {
+                    budget -= count
+                }
+            }
         }
     }
 

@@ -17,6 +17,10 @@ public final class LazyMount: Sendable {
         public var fetch = FetchConfiguration()
         /// FUSE worker threads (requests served at once).
         public var threads = 16
+        /// FUSE over io_uring when the kernel offers it.
+        public var ioUring = true
+        /// Page-cache prefill of small files after a directory listing.
+        public var prefill = LazyFileSystem.Prefill()
         /// Write the files opened, in first-access order, here (a prefetch list).
         public var tracePath: String?
         /// Write `LazyStats` JSON here every `statsInterval`.
@@ -47,9 +51,10 @@ public final class LazyMount: Sendable {
         let cache = try ChunkCache(directory: options.cacheDirectory, bootstrap: image.bootstrap)
         let fetcher = ChunkFetcher(bootstrap: image.bootstrap, source: source, cache: cache, configuration: options.fetch, logger: logger)
         let trace = options.tracePath.map { AccessTrace(outputPath: $0, rootNid: image.bootstrap.rootNid) }
-        let fileSystem = LazyFileSystem(fetcher: fetcher, trace: trace, logger: logger)
+        let fileSystem = LazyFileSystem(fetcher: fetcher, trace: trace, prefill: options.prefill, logger: logger)
         var configuration = FUSEServer.Configuration(mountPoint: FilePath(options.mountPoint))
         configuration.threads = options.threads
+        configuration.ioUring = options.ioUring
         server = FUSEServer(fileSystem: fileSystem, configuration: configuration, logger: logger)
         self.fetcher = fetcher
         self.trace = trace
@@ -92,6 +97,7 @@ public final class LazyMount: Sendable {
     /// Blocks until the mount goes away (unmounted by anyone).
     public func wait() {
         server.wait()
+        fileSystem.stopPrefill()
         running.store(false, ordering: .sequentiallyConsistent)
         metrics.withLock { $0?.close() }
         writeStats()
@@ -102,6 +108,7 @@ public final class LazyMount: Sendable {
         do { try server.stop() } catch {
             throw LazyFSError(.mount, "unmounting \(options.mountPoint) failed", underlying: error)
         }
+        fileSystem.stopPrefill()
         running.store(false, ordering: .sequentiallyConsistent)
         metrics.withLock { $0?.close() }
         writeStats()

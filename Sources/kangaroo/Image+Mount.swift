@@ -30,6 +30,10 @@ extension ImageCommand {
         @Option(help: "Merge chunk requests whose compressed ranges are at most this far apart (bytes; K/M allowed).")
         var mergeGap: String = "0"
         @Option(help: "FUSE worker threads.") var threads: Int = 16
+        @Option(help: "Requests through FUSE over io_uring when the kernel offers it (fuse module parameter enable_uring): auto or off.")
+        var ioUring: String = "auto"
+        @Option(help: "After a directory listing, push its regular files up to this size into the page cache when their chunks are cached (bytes, K/M allowed; 0: off).")
+        var prefillSmallFiles: String = "64K"
         @Option(help: "Concurrent prefetch workers.") var prefetchConcurrency: Int = 2
         @Option(help: "Cap the bandwidth taken from the source, bytes per second (K/M/G allowed; 0: no cap).")
         var maxRate: String = "0"
@@ -52,6 +56,10 @@ extension ImageCommand {
                         throw CLIError("--metrics '\(text)' is not HOST:PORT (e.g. 127.0.0.1:9464)")
                     }
                     return (String(parts[0]), port)
+                }
+                guard ["auto", "off"].contains(ioUring) else { throw CLIError("--io-uring '\(ioUring)' is not one of auto, off") }
+                guard let prefillSize = parseSize(prefillSmallFiles), prefillSize >= 0, prefillSize <= 1 << 20 else {
+                    throw CLIError("--prefill-small-files '\(prefillSmallFiles)' is not a size from 0 to 1M")
                 }
                 guard let rate = parseSize(maxRate), rate >= 0 else { throw CLIError("--max-rate '\(maxRate)' is not a size (bytes per second, K/M/G allowed)") }
                 let mountPoint = MountControl.normalize(self.mountPoint)
@@ -83,6 +91,8 @@ extension ImageCommand {
                 mountOptions.prefetch = prefetchMode
                 mountOptions.prefetchConcurrency = max(1, prefetchConcurrency)
                 mountOptions.threads = max(1, threads)
+                mountOptions.ioUring = ioUring == "auto"
+                mountOptions.prefill = prefillSize > 0 ? LazyFileSystem.Prefill(maxFileSize: prefillSize) : .off
                 mountOptions.fetch.deadline = .milliseconds(Int64(deadline * 1000))
                 mountOptions.fetch.retries = max(0, retries)
                 mountOptions.fetch.mergeGap = UInt64(gap)

@@ -46,9 +46,25 @@ final class MemoryFileSystem: FUSEFileSystem {
 
     static let mtime = FUSETime(seconds: 1_700_000_000, nanoseconds: 123_456_789)
 
-    init(nodes: [UInt64: Node], paths: [String: UInt64]) {
+    /// Push the files of a listed directory into the page cache.
+    let pushOnListing: Bool
+    /// Pushes the kernel took (store returned true).
+    let pushed = Atomic<Int>(0)
+
+    init(nodes: [UInt64: Node], paths: [String: UInt64], pushOnListing: Bool = false) {
         self.nodes = nodes
         self.paths = paths
+        self.pushOnListing = pushOnListing
+    }
+
+    func directoryListed(nodeID: UInt64, cache: FUSEPageCache) {
+        guard pushOnListing, case .directory(_, let children, _)? = nodes[nodeID]?.kind else { return }
+        for id in children.values {
+            guard case .file(let content)? = nodes[id]?.kind, !content.isEmpty else { continue }
+            if content.withUnsafeBytes({ cache.store(nodeID: id, offset: 0, bytes: $0) }) {
+                pushed.add(1, ordering: .relaxed)
+            }
+        }
     }
 
     // MARK: FUSEFileSystem
@@ -213,11 +229,13 @@ struct MemoryTreeBuilder {
         nodes[paths[path]!]!.xattrs[Array(name.utf8)] = value
     }
 
-    func build() -> MemoryFileSystem { MemoryFileSystem(nodes: nodes, paths: paths) }
+    func build(pushOnListing: Bool = false) -> MemoryFileSystem {
+        MemoryFileSystem(nodes: nodes, paths: paths, pushOnListing: pushOnListing)
+    }
 
     /// The standard test tree: 40 dirs x 100 files, symlinks, hardlinks,
     /// xattrs, a long name, a big generated file and a slow file.
-    static func standard(bigFileSize: Int = 64 << 20) -> MemoryFileSystem {
+    static func standard(bigFileSize: Int = 64 << 20, pushOnListing: Bool = false) -> MemoryFileSystem {
         var tree = MemoryTreeBuilder()
         for d in 0..<40 {
             let dir = "d" + pad(d, 3)
@@ -246,7 +264,7 @@ struct MemoryTreeBuilder {
         tree.file("empty", [])
         tree.file("big", Pattern.bytes(count: bigFileSize), mode: 0o444)
         tree.slowFile("slow", Array("slow content\n".utf8))
-        return tree.build()
+        return tree.build(pushOnListing: pushOnListing)
     }
 
     static func pad(_ value: Int, _ width: Int) -> String {

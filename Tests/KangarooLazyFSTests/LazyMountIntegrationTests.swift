@@ -206,6 +206,34 @@ struct LazyMountIntegrationTests {
         #expect(try run("curl", ["-sf", "--max-time", "2", endpoint]).status != 0)
     }
 
+    @Test("a listing never fetches; it pushes small cached files into the page cache, so reading them takes no request",
+          arguments: ["64K", "0"])
+    func listingPrefillsCachedSmallFiles(prefill: String) throws {
+        let tmp = try MountTemp("prefill")
+        try Self.prepare(tmp, ("sample", "latest"))
+        try Self.mount(tmp, "img:latest", tmp.sub("fuse"), ["--mode", "fuse", "--prefetch", "none", "--prefill-small-files", prefill])
+        let etc = try #require(try? FileManager.default.contentsOfDirectory(atPath: tmp.sub("fuse/etc")))
+        #expect(etc.contains("passwd") && etc.contains("group"))
+        usleep(1_200_000)  // the stats file is written every second
+        #expect(try statsJSON(tmp, tmp.sub("fuse"))["bytesFetched"] as? Int == 0, "a listing fetched chunks")
+        // Cache the chunks of two files, then forget every page and inode.
+        let expected = try ["passwd", "group"].map { try #require(FileManager.default.contents(atPath: tmp.sub("kernel/etc/\($0)"))) }
+        #expect(["passwd", "group"].map { FileManager.default.contents(atPath: tmp.sub("fuse/etc/\($0)")) } == expected)
+        sync()
+        try "3\n".write(toFile: "/proc/sys/vm/drop_caches", atomically: false, encoding: .utf8)
+        _ = try? FileManager.default.contentsOfDirectory(atPath: tmp.sub("fuse/etc"))
+        usleep(1_200_000)  // the pushes run in the background; then one stats period
+        let before = try statsJSON(tmp, tmp.sub("fuse"))
+        #expect(["passwd", "group"].map { FileManager.default.contents(atPath: tmp.sub("fuse/etc/\($0)")) } == expected)
+        usleep(1_200_000)
+        let after = try statsJSON(tmp, tmp.sub("fuse"))
+        // Each READ asks the cache (a hit here); a pushed file takes none.
+        let hits = (after["cacheHits"] as? Int ?? 0) - (before["cacheHits"] as? Int ?? 0)
+        if prefill == "0" { #expect(hits >= 2, "\(before) \(after)") } else { #expect(hits == 0, "\(before) \(after)") }
+        #expect(after["bytesFetched"] as? Int == before["bytesFetched"] as? Int)
+        try tmp.kangaroo(["image", "umount", tmp.sub("fuse")])
+    }
+
     @Test("kill -9 of the daemon mid-prefetch, umount of the dead mount, remount resumes from the cache")
     func killAndResume() throws {
         let tmp = try MountTemp("kill")

@@ -146,5 +146,6 @@ int kr_wtermsig(int status);
 
 // FUSE ioctls and kernel struct layouts (KangarooFUSE).
 #include "ckangaroo_fuse.h"
+#include "ckangaroo_fuse_ring.h"
 
 #endif
