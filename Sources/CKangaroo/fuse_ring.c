@@ -49,8 +49,15 @@ _Static_assert(sizeof(struct fuse_out_header) == 16, "fuse_out_header layout");
 
 enum { SQE_SIZE = 128, RING_ENTRIES = 4 };
 
+// Linux 6.15+: waiting for completions does not count as iowait. A worker
+// waits for requests all the time; counted as iowait, every idle mount
+// would show as I/O pressure (PSI) and 100 % iowait on its CPUs.
+#define CKG_IORING_ENTER_NO_IOWAIT (1U << 7)
+#define CKG_IORING_FEAT_NO_IOWAIT (1U << 17)
+
 struct ckg_fuse_ring {
     int ring_fd;
+    unsigned wait_flags;  // io_uring_enter flags when waiting
     int fuse_fd;
     unsigned qid;
     size_t payload_size;
@@ -116,6 +123,8 @@ static int ring_setup(struct ckg_fuse_ring *r) {
     }
     if (fd < 0) return fd;
     r->ring_fd = fd;
+    r->wait_flags = IORING_ENTER_GETEVENTS;
+    if (p.features & CKG_IORING_FEAT_NO_IOWAIT) r->wait_flags |= CKG_IORING_ENTER_NO_IOWAIT;
 
     r->sq_map_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
     r->cq_map_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
@@ -182,7 +191,7 @@ static int take_cqe(struct ckg_fuse_ring *r, int *res) {
 static int submit_and_wait(struct ckg_fuse_ring *r, unsigned to_submit, int *res) {
     while (1) {
         if (to_submit == 0 && take_cqe(r, res)) return 0;
-        long n = sys_enter(r->ring_fd, to_submit, 1, IORING_ENTER_GETEVENTS);
+        long n = sys_enter(r->ring_fd, to_submit, 1, r->wait_flags);
         if (n >= 0) {
             to_submit = 0;
         } else if (n != -EINTR && n != -EAGAIN && n != -EBUSY) {
@@ -220,7 +229,7 @@ int ckg_fuse_ring_open(int fuse_fd, unsigned qid, size_t payload_size, struct ck
     queue_cmd(r, RING_CMD_REGISTER, 0);
     long n;
     do {
-        n = sys_enter(r->ring_fd, 1, 0, IORING_ENTER_GETEVENTS);
+        n = sys_enter(r->ring_fd, 1, 0, r->wait_flags);
     } while (n == -EINTR && *r->sq_head != *r->sq_tail);
     if (n < 0 && n != -EINTR) { ring_free(r); return (int)n; }
     int res;

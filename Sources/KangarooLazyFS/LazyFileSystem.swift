@@ -22,9 +22,12 @@ public final class LazyFileSystem: FUSEFileSystem {
     public struct Prefill: Sendable {
         /// Largest file pushed (bytes).
         public var maxFileSize: Int
-        /// Bytes pushed per directory listing at most; 0 turns prefill off.
+        /// Page cache filled per directory listing at most (bytes, whole
+        /// 4 KiB pages); 0 turns prefill off.
         public var budget: Int
-        public init(maxFileSize: Int = 64 << 10, budget: Int = 1 << 20) {
+        /// Entries of one directory looked at, at most.
+        public static let entryLimit = 4096
+        public init(maxFileSize: Int = 64 << 10, budget: Int = 2 << 20) {
             self.maxFileSize = maxFileSize
             self.budget = budget
         }
@@ -211,7 +214,8 @@ public final class LazyFileSystem: FUSEFileSystem {
     /// small file's data inline in its inode block: reading the directory's
     /// inodes brings their data along. Only files of at most
     /// `prefill.maxFileSize` bytes whose chunks are all cached (a listing
-    /// never fetches), at most `prefill.budget` bytes per directory.
+    /// never fetches), at most `prefill.budget` bytes of page cache per
+    /// listing.
     public func directoryListed(nodeID: UInt64, cache: FUSEPageCache) {
         guard prefill.budget > 0, trace == nil else { return }
         prefillWorker.submit { [self] in prefillDirectory(nodeID, cache: cache) }
@@ -225,20 +229,23 @@ public final class LazyFileSystem: FUSEFileSystem {
         var budget = prefill.budget
         var pushed = Set<UInt64>()
         withUnsafeTemporaryAllocation(byteCount: prefill.maxFileSize, alignment: 4096) { buffer in
-            for e in list where e.fileType == 1 && budget > 0 {
+            for e in list.prefix(Prefill.entryLimit) where e.fileType == 1 && budget > 0 {
                 guard let node = try? bootstrap.inode(e.nid), node.kind == .regular,
-                      node.size > 0, node.size <= UInt64(prefill.maxFileSize), node.size <= UInt64(budget),
+                      node.size > 0, node.size <= UInt64(prefill.maxFileSize), Self.pages(node.size) <= budget,
                       pushed.insert(e.nid).inserted,
                       let map = try? chunkIndexes(node), map.allSatisfy({ $0.map(fetcher.cache.isCached) ?? true })
                 else { continue }
                 let target = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(node.size)])
                 guard let count = try? copyCached(node, map: map, offset: 0, end: node.size, into: target) else { continue }
                 if cache.store(nodeID: self.nodeID(e.nid), offset: 0, bytes: UnsafeRawBufferPointer(rebasing: target[0..<count])) {
-                    budget -= count
+                    budget -= Self.pages(UInt64(count))
                 }
             }
         }
     }
+
+    /// Page cache taken by `size` bytes.
+    static func pages(_ size: UInt64) -> Int { Int((size + 4095) / 4096 * 4096) }
 
     static func fileType(_ erofsType: UInt8) -> FUSEFileType {
         switch erofsType {

@@ -496,6 +496,27 @@ extension FUSEIntegrationTests {
         }
     }
 
+    /// Ring workers wait for requests all the time; that wait must not
+    /// count as iowait, or every idle mount would show as I/O pressure and
+    /// blocked tasks on the node (IORING_ENTER_NO_IOWAIT).
+    @Test(.enabled(if: Fixture.kernelOffersIOUring, "the fuse module's enable_uring is off"))
+    func idleRingWorkersAreNotInIOWait() throws {
+        try Fixture.withServer(threads: 32) { _, server in
+            #expect(server.usesIOUring)
+            usleep(200_000)
+            // procs_blocked counts every task in iowait on the machine: the
+            // fewest of a few samples, so that other I/O does not count.
+            var fewest = Int.max
+            for _ in 0..<5 {
+                let stat = FUSEMount.readSmallFile("/proc/stat") ?? ""
+                let line = stat.split(separator: "\n").first { $0.hasPrefix("procs_blocked ") }
+                fewest = min(fewest, line.flatMap { Int($0.split(separator: " ")[1]) } ?? Int.max)
+                usleep(50_000)
+            }
+            #expect(fewest < 16, "\(fewest) tasks in iowait with \(server.workerCount) idle workers")
+        }
+    }
+
     /// A listing whose filesystem pushes the directory's files into the
     /// page cache (FUSE_NOTIFY_STORE): reading them afterwards takes no
     /// READ, and the bytes are right. Without the push, they take READs.
