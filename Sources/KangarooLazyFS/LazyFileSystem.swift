@@ -237,9 +237,11 @@ public final class LazyFileSystem: FUSEFileSystem {
                 else { continue }
                 let target = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(node.size)])
                 guard let count = try? copyCached(node, map: map, offset: 0, end: node.size, into: target) else { continue }
-                if cache.store(nodeID: self.nodeID(e.nid), offset: 0, bytes: UnsafeRawBufferPointer(rebasing: target[0..<count])) {
-                    budget -= Self.pages(UInt64(count))
-                }
+                // Refused: the kernel no longer holds the entries (evicted
+                // since the listing), so the rest would be refused too.
+                guard cache.store(nodeID: self.nodeID(e.nid), offset: 0, bytes: UnsafeRawBufferPointer(rebasing: target[0..<count]))
+                else { return }
+                budget -= Self.pages(UInt64(count))
             }
         }
     }
