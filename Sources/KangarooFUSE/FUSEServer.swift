@@ -110,18 +110,12 @@ public final class FUSEServer: Sendable {
         for (index, fd) in descriptors.enumerated() {
             let session = self.session
             let logger = self.logger
-            latch.add(1)
-            workers.withLock { $0 += 1 }
             do throws(FUSEError) {
-                try FUSEThread.spawnDetached {
-                    Self.serve(fd: fd, session: session, logger: logger)
-                    latch.countDown()
-                }
+                try spawnWorker(latch: latch) { Self.serve(fd: fd, session: session, logger: logger) }
             } catch {
                 // Already-running workers exit once the mount goes away.
                 try? FUSEMount.unmount(path, lazy: true)
                 for fd in descriptors[index...] { close(fd) }
-                latch.countDown()
                 throw error
             }
         }
@@ -152,16 +146,12 @@ public final class FUSEServer: Sendable {
                 let fd = try Self.cloneDevice(of: sessionFD)
                 let session = self.session
                 let logger = self.logger
-                latch.add(1)
-                workers.withLock { $0 += 1 }
                 do throws(FUSEError) {
-                    try FUSEThread.spawnDetached {
+                    try spawnWorker(latch: latch) {
                         FUSERing.serve(fd: fd, queue: queue, session: session, logger: logger, registration: registration)
-                        latch.countDown()
                     }
                 } catch {
                     close(fd)
-                    latch.countDown()
                     throw error
                 }
                 started += 1
@@ -173,6 +163,23 @@ public final class FUSEServer: Sendable {
         }
         ringInUse.withLock { $0 = true }
         return true
+    }
+
+    /// Starts one worker thread running `body`, counted by `latch` and
+    /// `workerCount`.
+    private func spawnWorker(latch: FUSELatch, _ body: @escaping @Sendable () -> Void) throws(FUSEError) {
+        latch.add(1)
+        workers.withLock { $0 += 1 }
+        do throws(FUSEError) {
+            try FUSEThread.spawnDetached {
+                body()
+                latch.countDown()
+            }
+        } catch {
+            workers.withLock { $0 -= 1 }
+            latch.countDown()
+            throw error
+        }
     }
 
     /// A fresh /dev/fuse descriptor attached to the session's connection.
