@@ -63,8 +63,11 @@ let package = Package(
         .testTarget(name: "KangarooOCITests", dependencies: ["KangarooOCI"]),
         .testTarget(name: "KangarooImageTests", dependencies: ["KangarooImage"]),
         .testTarget(name: "KangarooFUSETests", dependencies: ["KangarooFUSE"]),
-        .testTarget(name: "KangarooLazyFSTests", dependencies: ["KangarooLazyFS"]),
+        .testTarget(name: "KangarooLazyFSTests", dependencies: ["KangarooLazyFS", "KangarooTestSupport"]),
         .testTarget(name: "KangarooRuntimeTests", dependencies: ["KangarooRuntime"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["KangarooOCI", "KangarooImage", "KangarooSystem"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["KangarooOCI", "KangarooImage", "KangarooSystem", "KangarooTestSupport"]),
+        // Shared by the test targets that drive the CLI: command runner, temporary
+        // directories, a docker-registry on 127.0.0.1, tree comparison.
+        .target(name: "KangarooTestSupport", path: "Tests/KangarooTestSupport"),
     ]
 )

@@ -1,4 +1,5 @@
 import Foundation
+import KangarooTestSupport
 import Testing
 
 struct InspectBlob: Decodable { var digest: String; var compressedSize: Int64; var uncompressedSize: Int64; var chunks: Int }

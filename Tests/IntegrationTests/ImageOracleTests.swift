@@ -1,4 +1,5 @@
 import Foundation
+import KangarooTestSupport
 import Testing
 
 /// The kernel is the oracle: every test image, converted, materialized and

@@ -1,4 +1,5 @@
 import Foundation
+import KangarooTestSupport
 import Testing
 
 /// Kangaroo images through a real registry (Debian's docker-registry on

@@ -1,4 +1,5 @@
 import Foundation
+import KangarooTestSupport
 import Testing
 
 /// Hostile layers are rejected with a clear error or contained; nothing is

@@ -1,4 +1,5 @@
 import Foundation
+import KangarooTestSupport
 import Testing
 
 /// `kangaroo run/ps/stop/rm` on the sample image, each test with its own

@@ -1,98 +1,9 @@
 import Foundation
+import KangarooTestSupport
 import Testing
-
-/// Environment of the integration tests, set by scripts/test.sh.
-enum TestEnv {
-    static let env = ProcessInfo.processInfo.environment
-    static let enabled = env["KANGAROO_INTEGRATION"] == "1" && getuid() == 0
-    static var images: String { env["KANGAROO_TESTIMAGES"] ?? "/var/cache/kangaroo/testimages" }
-    static var repoRoot: String {
-        // Tests/IntegrationTests/TestSupport.swift -> repository root
-        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().path
-    }
-    static var kangaroo: String { env["KANGAROO_BIN"] ?? repoRoot + "/.build/debug/kangaroo" }
-    static var treediff: String { repoRoot + "/scripts/treediff.py" }
-}
-
-struct CommandResult {
-    var status: Int32
-    var stdout: String
-    var stderr: String
-    var output: String { stdout + stderr }
-}
-
-/// Runs a program to completion, capturing its output (through files, so a
-/// chatty child never blocks on a full pipe).
-@discardableResult
-func run(_ program: String, _ args: [String], env extra: [String: String] = [:], stdin: String? = nil,
-         check: Bool = false, sourceLocation: SourceLocation = #_sourceLocation) throws -> CommandResult {
-    let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("kangaroo-test-out-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
-    defer { try? FileManager.default.removeItem(at: tmp) }
-    let outURL = tmp.appendingPathComponent("out"), errURL = tmp.appendingPathComponent("err")
-    FileManager.default.createFile(atPath: outURL.path, contents: nil)
-    FileManager.default.createFile(atPath: errURL.path, contents: nil)
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: program.hasPrefix("/") ? program : "/usr/bin/env")
-    p.arguments = program.hasPrefix("/") ? args : [program] + args
-    var environment = ProcessInfo.processInfo.environment
-    for (k, v) in extra { environment[k] = v }
-    p.environment = environment
-    p.standardOutput = try FileHandle(forWritingTo: outURL)
-    p.standardError = try FileHandle(forWritingTo: errURL)
-    if let stdin {
-        let inURL = tmp.appendingPathComponent("in")
-        try stdin.write(to: inURL, atomically: true, encoding: .utf8)
-        p.standardInput = try FileHandle(forReadingFrom: inURL)
-    } else {
-        p.standardInput = FileHandle.nullDevice
-    }
-    try p.run()
-    p.waitUntilExit()
-    let result = CommandResult(status: p.terminationStatus,
-                               stdout: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
-                               stderr: (try? String(contentsOf: errURL, encoding: .utf8)) ?? "")
-    if check && result.status != 0 {
-        Issue.record("\(program) \(args.joined(separator: " ")) exited \(result.status): \(result.output.suffix(3000))",
-                     sourceLocation: sourceLocation)
-    }
-    return result
-}
 
 /// `kangaroo` with a private store.
 func kangaroo(_ args: [String], store: String, env: [String: String] = [:], check: Bool = true,
               sourceLocation: SourceLocation = #_sourceLocation) throws -> CommandResult {
     try run(TestEnv.kangaroo, args + ["--store", store], env: env, check: check, sourceLocation: sourceLocation)
-}
-
-/// A temporary directory removed (after unmounting anything below it) at deinit.
-final class TempDir {
-    let path: String
-    init(_ label: String) throws {
-        path = "/tmp/kangaroo-test-\(label)-\(UUID().uuidString.prefix(8))"
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    }
-    func sub(_ name: String) -> String { path + "/" + name }
-    deinit {
-        // unmount anything still mounted below (deepest first), then remove
-        if let mounts = try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8) {
-            let targets = mounts.split(separator: "\n").compactMap { line -> String? in
-                let f = line.split(separator: " ")
-                guard f.count > 1 else { return nil }
-                let target = String(f[1]).replacingOccurrences(of: "\\040", with: " ")
-                return target.hasPrefix(path + "/") || target == path ? target : nil
-            }
-            for t in targets.sorted(by: { $0.count > $1.count }) { umount2(t, Int32(MNT_DETACH)) }
-        }
-        try? FileManager.default.removeItem(atPath: path)
-    }
-}
-
-/// Runs scripts/treediff.py and records its differences as test issues.
-func expectSameTree(_ left: String, _ right: String, extra: [String] = [], _ what: String,
-                    sourceLocation: SourceLocation = #_sourceLocation) throws {
-    let r = try run("python3", [TestEnv.treediff] + extra + [left, right])
-    #expect(r.status == 0, "\(what): trees differ:\n\(r.output.suffix(4000))", sourceLocation: sourceLocation)
-    #expect(r.stdout.contains("0 differences"), "\(what): \(r.output.suffix(500))", sourceLocation: sourceLocation)
 }

@@ -1,4 +1,5 @@
 import Foundation
+import KangarooTestSupport
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -8,7 +9,7 @@ import Glibc
 /// of the same image (root, KANGAROO_INTEGRATION=1, test images from
 /// scripts/testimages/build-all.sh).
 @Suite("lazy mount (FUSE) vs kernel EROFS", .serialized,
-       .enabled(if: IntegrationEnv.enabled, "needs root and KANGAROO_INTEGRATION=1"))
+       .enabled(if: TestEnv.enabled, "needs root and KANGAROO_INTEGRATION=1"))
 struct LazyMountIntegrationTests {
     static let images: [(layout: String, tag: String)] = [
         ("sample", "latest"),
@@ -19,7 +20,7 @@ struct LazyMountIntegrationTests {
 
     /// Converts a test image into `tmp`'s store as img:TAG and mounts it with the kernel at tmp/kernel.
     static func prepare(_ tmp: MountTemp, _ image: (layout: String, tag: String)) throws {
-        try tmp.kangaroo(["image", "convert", "--quiet", "oci:\(IntegrationEnv.images)/\(image.layout):\(image.tag)", "img:\(image.tag)"])
+        try tmp.kangaroo(["image", "convert", "--quiet", "oci:\(TestEnv.images)/\(image.layout):\(image.tag)", "img:\(image.tag)"])
         try tmp.kangaroo(["image", "materialize", "--mount", tmp.sub("kernel"), "img:\(image.tag)", tmp.sub("materialized")])
     }
 
@@ -86,7 +87,7 @@ struct LazyMountIntegrationTests {
     @Test("overlayfs on the FUSE mount runs python3 in a chroot")
     func overlayPython() throws {
         let tmp = try MountTemp("overlay")
-        try tmp.kangaroo(["image", "convert", "--quiet", "oci:\(IntegrationEnv.images)/debian-python:python", "img:python"])
+        try tmp.kangaroo(["image", "convert", "--quiet", "oci:\(TestEnv.images)/debian-python:python", "img:python"])
         try Self.mount(tmp, "img:python", tmp.sub("fuse"), ["--mode", "fuse", "--prefetch", "list"])
         for d in ["upper", "work", "merged"] { try FileManager.default.createDirectory(atPath: tmp.sub(d), withIntermediateDirectories: true) }
         let options = "lowerdir=\(tmp.sub("fuse")),upperdir=\(tmp.sub("upper")),workdir=\(tmp.sub("work"))"
@@ -102,7 +103,7 @@ struct LazyMountIntegrationTests {
     @Test("a tampered blob gives EIO, never wrong bytes, and the log names the chunk")
     func tamperedBlob() throws {
         let tmp = try MountTemp("tamper")
-        try tmp.kangaroo(["image", "convert", "--quiet", "oci:\(IntegrationEnv.images)/sample:latest", "img"])
+        try tmp.kangaroo(["image", "convert", "--quiet", "oci:\(TestEnv.images)/sample:latest", "img"])
         // Flip one byte in the middle of every blob of the image.
         let inspect = try tmp.kangaroo(["image", "inspect", "--json", "img"])
         let object = try JSONSerialization.jsonObject(with: Data(inspect.stdout.utf8)) as? [String: Any]
@@ -280,7 +281,7 @@ struct LazyMountIntegrationTests {
         let lazyStore = tmp.sub("lazystore")
         let mp = tmp.sub("fuse")
         try FileManager.default.createDirectory(atPath: mp, withIntermediateDirectories: true)
-        try run(IntegrationEnv.kangaroo, ["image", "mount", "--daemon", "--mode", "fuse", "--prefetch", "none", "--deadline", "3",
+        try run(TestEnv.kangaroo, ["image", "mount", "--daemon", "--mode", "fuse", "--prefetch", "none", "--deadline", "3",
                                           "--retries", "1", "--cache", tmp.sub("regcache"), "--store", lazyStore, ref, mp],
                 env: ["KANGAROO_RUN_DIR": tmp.runDir], check: true)
         let blobs = try FileManager.default.contentsOfDirectory(atPath: lazyStore + "/blobs/sha256")

@@ -4,13 +4,13 @@ import Testing
 /// Debian's docker-registry (distribution 2.8) on 127.0.0.1 at a free port,
 /// with filesystem storage in a temporary directory and optional htpasswd
 /// auth. Stopped (and its storage removed) by `stop()` or at deinit.
-final class TestRegistry {
-    let dir: TempDir
-    let port: Int
-    let process = Process()
-    var host: String { "127.0.0.1:\(port)" }
+public final class TestRegistry: @unchecked Sendable {
+    public let dir: TempDir
+    public let port: Int
+    public let process = Process()
+    public var host: String { "127.0.0.1:\(port)" }
 
-    init(user: String? = nil, password: String? = nil) throws {
+    public init(user: String? = nil, password: String? = nil) throws {
         dir = try TempDir("registry")
         port = try Self.freePort()
         var auth = ""
@@ -52,8 +52,9 @@ final class TestRegistry {
         throw NSError(domain: "TestRegistry", code: 1, userInfo: [NSLocalizedDescriptionKey: "docker-registry did not start"])
     }
 
-    func stop() {
-        // SIGKILL: children of the test runner may inherit a blocked SIGTERM.
+    public func stop() {
+        // SIGKILL: children of the test runner may inherit a blocked SIGTERM
+        // (and a test may have stopped the registry with SIGSTOP).
         if process.isRunning {
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
@@ -62,7 +63,7 @@ final class TestRegistry {
 
     deinit { stop() }
 
-    static func freePort() throws -> Int {
+    public static func freePort() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var addr = sockaddr_in()
