@@ -74,6 +74,7 @@ struct ckg_fuse_ring {
 
     struct ring_req_header *header;  // iov[0]
     unsigned char *reply;            // 16-byte out header slot, then the payload (iov[1])
+    unsigned char *reply_map;        // the mapping `reply` lies in
     size_t reply_len;
     unsigned char *request;          // the linear copy handed out
     size_t request_len;
@@ -100,7 +101,7 @@ static void ring_free(struct ckg_fuse_ring *r) {
     if (r->cq_map && r->cq_map != r->sq_map) munmap(r->cq_map, r->cq_map_len);
     if (r->sq_map) munmap(r->sq_map, r->sq_map_len);
     if (r->header) munmap(r->header, 4096);
-    if (r->reply) munmap(r->reply, r->reply_len);
+    if (r->reply_map) munmap(r->reply_map, r->reply_len);
     if (r->request) munmap(r->request, r->request_len);
     free(r);
 }
@@ -214,8 +215,12 @@ int ckg_fuse_ring_open(int fuse_fd, unsigned qid, size_t payload_size, struct ck
 
     // Pages are touched only as far as requests and replies reach.
     r->header = map_anonymous(4096);
-    r->reply_len = sizeof(struct fuse_out_header) + payload_size;
-    r->reply = map_anonymous(r->reply_len);
+    // The payload starts on a page boundary, the out header in the 16 bytes
+    // before it: a copy into a buffer that is not 64-byte aligned runs up to
+    // 7x slower here (rep movsb), and READ data is copied in and out of it.
+    r->reply_len = 4096 + payload_size;
+    r->reply_map = map_anonymous(r->reply_len);
+    r->reply = r->reply_map ? r->reply_map + 4096 - sizeof(struct fuse_out_header) : NULL;
     r->request_len = sizeof(struct fuse_in_header) + RING_OP_IN_OUT_SZ + payload_size;
     r->request = map_anonymous(r->request_len);
     if (!r->header || !r->reply || !r->request) { ring_free(r); return -ENOMEM; }
