@@ -131,14 +131,8 @@ extension ImageCommand {
                 let store = try options.openStore()
                 let client = try options.registryClient(for: ref, logger: logger)
                 do {
-                    let resolved = try await client.resolveManifest(ref)
-                    guard let first = resolved.manifest.layers.first, first.mediaType == KangarooMediaTypes.bootstrap else {
-                        throw CLIError("\(reference) is not a Kangaroo image: convert it first")
-                    }
-                    let tag = ref.description
-                    try await ImageTransfer(client: client, logger: logger).pull(ref, into: store, tag: tag, onlyLayers: [first.digest],
-                                                                                resolved: resolved)
-                    let image = try KangarooImage.load(from: store, tag: tag)
+                    let descriptor = try await pullBootstrap(ref, client: client, into: store, logger: logger)
+                    let image = try KangarooImage.load(from: store, descriptor: descriptor)
                     let source = RegistryChunkSource(client: client, repository: ref.repository, image: image,
                                                      timeout: .milliseconds(Int64(deadline * 1000)))
                     return (image, source, client)

@@ -73,17 +73,25 @@ extension GlobalOptions {
                        logger: Logger) async throws -> (KangarooImage, OCILayout, Reference) {
         let store = try openStore()
         let descriptor = try await withRegistry(reference, logger: logger, credentials: credentials) { client in
-            let resolved = try await client.resolveManifest(reference)
-            guard let first = resolved.manifest.layers.first, first.mediaType == KangarooMediaTypes.bootstrap else {
-                throw CLIError("\(reference) is an OCI image, not a Kangaroo image: convert it first (kangaroo image convert \(reference) NAME)")
-            }
-            return try await ImageTransfer(client: client, logger: logger).pull(
-                reference, into: store, tag: reference.description, onlyLayers: [first.digest], resolved: resolved).1
+            try await pullBootstrap(reference, client: client, into: store, logger: logger)
         }
         let pinned = try Reference(host: reference.host, repository: reference.repository, tag: reference.tag,
                                    digest: descriptor.digest)
         return (try KangarooImage.load(from: store, descriptor: descriptor), store, pinned)
     }
+}
+
+/// Pulls only the manifest, config and bootstrap of the Kangaroo image
+/// `reference` into `store` (tagged with the reference), with one manifest
+/// request; returns the manifest's descriptor. File data stays remote.
+func pullBootstrap(_ reference: Reference, client: RegistryClient, into store: OCILayout,
+                   logger: Logger) async throws -> Descriptor {
+    let resolved = try await client.resolveManifest(reference)
+    guard let first = resolved.manifest.layers.first, first.mediaType == KangarooMediaTypes.bootstrap else {
+        throw CLIError("\(reference) is an OCI image, not a Kangaroo image: convert it first (kangaroo image convert \(reference) NAME)")
+    }
+    return try await ImageTransfer(client: client, logger: logger).pull(
+        reference, into: store, tag: reference.description, onlyLayers: [first.digest], resolved: resolved).1
 }
 
 struct RegistryCredentials {
