@@ -33,8 +33,12 @@ struct RuntimeClient {
         while waitpid(pid, &status, 0) < 0 {
             if errno != EINTR { return 1 }
         }
-        if status & 0x7f == 0 { return (status >> 8) & 0xff }
-        return 128 + (status & 0x7f)
+        return exitCode(status)
+    }
+
+    /// A waitpid status as a shell reports it: the exit status, or 128+signal.
+    static func exitCode(_ status: Int32) -> Int32 {
+        status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
     }
 
     /// Runs to completion; returns the exit status. Output to /dev/null unless fds are given.
@@ -178,7 +182,7 @@ enum ImageRootfs {
         while true {
             var raw: Int32 = 0
             let r = waitpid(pid, &raw, WNOHANG)
-            if r == pid { return raw & 0x7f == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f) }
+            if r == pid { return RuntimeClient.exitCode(raw) }
             if r < 0 && errno != EINTR { return 1 }
             let ready = MountControl.mountedType(mnt).map { $0 == "fuse.kangaroo" || $0 == "erofs" } ?? false
             if (ready && MountControl.readState(mnt).map { $0.mode == "kernel" || MountControl.isAlive($0.pid) } ?? false)

@@ -298,8 +298,7 @@ enum DaemonChild {
             let r = waitpid(pid, &status, WNOHANG)
             if r == 0 { return nil }
             if r < 0 { return -1 }
-            // WIFEXITED / WEXITSTATUS, or 128 + signal as a shell reports it.
-            return status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+            return RuntimeClient.exitCode(status)
         case .spawned(let process):
             return process.isRunning ? nil : process.terminationStatus
         }
