@@ -247,7 +247,7 @@ int ckg_fuse_ring_open(int fuse_fd, unsigned qid, size_t payload_size, struct ck
     return 0;
 }
 
-/// Fails the request in hand with `error` and fetches the next.
+/// Writes an error reply for the request in hand (committed by the caller).
 static void reply_error(struct ckg_fuse_ring *r, const struct fuse_in_header *in, int error) {
     struct fuse_out_header oh = { .len = sizeof(oh), .error = -error, .unique = in->unique };
     memcpy(r->reply, &oh, sizeof(oh));

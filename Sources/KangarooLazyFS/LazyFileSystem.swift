@@ -229,7 +229,7 @@ public final class LazyFileSystem: FUSEFileSystem {
         var budget = prefill.budget
         var pushed = Set<UInt64>()
         withUnsafeTemporaryAllocation(byteCount: prefill.maxFileSize, alignment: 4096) { buffer in
-            for e in list.prefix(Prefill.entryLimit) where e.fileType == 1 && budget > 0 {
+            for e in list.prefix(Prefill.entryLimit) where Self.fileType(e.fileType) == .regular && budget > 0 {
                 guard let node = try? bootstrap.inode(e.nid), node.kind == .regular,
                       node.size > 0, node.size <= UInt64(prefill.maxFileSize), Self.pages(node.size) <= budget,
                       pushed.insert(e.nid).inserted,
