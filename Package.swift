@@ -60,7 +60,7 @@ let package = Package(
         // the tools scripts/test-deps.sh installs; they skip themselves
         // unless KANGAROO_INTEGRATION=1.
         .testTarget(name: "KangarooSystemTests", dependencies: ["KangarooSystem"]),
-        .testTarget(name: "KangarooOCITests", dependencies: ["KangarooOCI"]),
+        .testTarget(name: "KangarooOCITests", dependencies: ["KangarooOCI", "KangarooTestSupport"]),
         .testTarget(name: "KangarooImageTests", dependencies: ["KangarooImage"]),
         .testTarget(name: "KangarooFUSETests", dependencies: ["KangarooFUSE"]),
         .testTarget(name: "KangarooLazyFSTests", dependencies: ["KangarooLazyFS", "KangarooTestSupport"]),

@@ -1,4 +1,5 @@
 import Foundation
+import KangarooTestSupport
 
 /// A Debian `docker-registry` (distribution) child process on 127.0.0.1
 /// with filesystem storage in a temporary directory, for integration tests.
@@ -96,21 +97,7 @@ final class TestRegistry: @unchecked Sendable {
                     rootcertbundle: \(dir.file("cert.pem"))
                 """
             }
-            let config = """
-            version: 0.1
-            log:
-              level: error
-              accesslog:
-                disabled: true
-            storage:
-              filesystem:
-                rootdirectory: \(dir.file("storage"))
-              delete:
-                enabled: true
-            http:
-              addr: 127.0.0.1:\(port)
-            \(authYAML)
-            """
+            let config = KangarooTestSupport.dockerRegistryConfig(port: port, storage: dir.file("storage"), auth: authYAML)
             try config.write(toFile: dir.file("config.yml"), atomically: true, encoding: .utf8)
             let process = Process()
             process.executableURL = URL(fileURLWithPath: "/usr/bin/docker-registry")

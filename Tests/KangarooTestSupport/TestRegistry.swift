@@ -19,21 +19,7 @@ public final class TestRegistry: @unchecked Sendable {
             try r.stdout.write(toFile: dir.sub("htpasswd"), atomically: true, encoding: .utf8)
             auth = "auth:\n  htpasswd:\n    realm: kangaroo-test\n    path: \(dir.sub("htpasswd"))\n"
         }
-        let config = """
-        version: 0.1
-        log:
-          level: error
-          accesslog:
-            disabled: true
-        storage:
-          filesystem:
-            rootdirectory: \(dir.sub("data"))
-          delete:
-            enabled: true
-        http:
-          addr: 127.0.0.1:\(port)
-        \(auth)
-        """
+        let config = dockerRegistryConfig(port: port, storage: dir.sub("data"), auth: auth)
         try config.write(toFile: dir.sub("config.yml"), atomically: true, encoding: .utf8)
         process.executableURL = URL(fileURLWithPath: "/usr/bin/docker-registry")
         process.arguments = ["serve", dir.sub("config.yml")]
@@ -75,4 +61,25 @@ public final class TestRegistry: @unchecked Sendable {
         _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
         return Int(UInt16(bigEndian: addr.sin_port))
     }
+}
+
+/// docker-registry's config.yml: 127.0.0.1:`port`, filesystem storage at
+/// `storage` with deletes allowed, errors-only logs, and `auth` (a YAML
+/// `auth:` section, or empty).
+public func dockerRegistryConfig(port: Int, storage: String, auth: String) -> String {
+    """
+    version: 0.1
+    log:
+      level: error
+      accesslog:
+        disabled: true
+    storage:
+      filesystem:
+        rootdirectory: \(storage)
+      delete:
+        enabled: true
+    http:
+      addr: 127.0.0.1:\(port)
+    \(auth)
+    """
 }
