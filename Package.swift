@@ -54,7 +54,11 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .executableTarget(name: "kangaroo-runtime", dependencies: ["KangarooRuntime"]),
+        // The runtime is started for every container operation: linked with
+        // the Swift runtime inside (no dynamic libswiftCore & co. to load and
+        // relocate), so that the README's release build is the fast one.
+        .executableTarget(name: "kangaroo-runtime", dependencies: ["KangarooRuntime"],
+                          linkerSettings: [.unsafeFlags(["-static-stdlib"], .when(configuration: .release))]),
 
         // Tests (Swift Testing). IntegrationTests need root, the kernel and
         // the tools scripts/test-deps.sh installs; they skip themselves

@@ -187,6 +187,40 @@ static void make_mountpoint(const char *target, int as_file) {
     close(fd);
 }
 
+// Mounts the container's own cgroup of one hierarchy at `target`: a fresh
+// cgroup mount (`fstype`, `data`), whose root inside a cgroup namespace is
+// the container's cgroup and otherwise the hierarchy's root, of which only the
+// container's directory is kept (a detached clone moved over the mount point,
+// so no view of the whole hierarchy stays below it). Where this process may
+// not mount cgroupfs (a user namespace without its own cgroup namespace), the
+// container's directory is cloned from the host's mount `host_root`.
+// Returns 0, or -1 with errno set.
+static int mount_own_cgroup(const char *target, const char *fstype, const char *data,
+                            const struct kr_mount *m, const char *host_root) {
+    unsigned long flags = m->flags & ~MS_RDONLY;
+    const char *sub = m->cgroup_path && strcmp(m->cgroup_path, "/") != 0 ? m->cgroup_path : NULL;
+    int tree = -1;
+    char path[4096];
+    if (mount(fstype, target, fstype, flags, data) == 0) {
+        if (m->cgroup_ns || !sub) return 0;
+        snprintf(path, sizeof(path), "%s%s", target, sub);
+        tree = (int)syscall(428 /* open_tree */, AT_FDCWD, path, 1 /* OPEN_TREE_CLONE */ | O_CLOEXEC);
+        int saved = errno;
+        umount2(target, MNT_DETACH);
+        if (tree < 0) { errno = saved; return -1; }
+    } else {
+        if (errno != EPERM || !host_root || !host_root[0]) return -1;
+        snprintf(path, sizeof(path), "%s%s", host_root, m->cgroup_path ? m->cgroup_path : "");
+        tree = (int)syscall(428 /* open_tree */, AT_FDCWD, path, 1 /* OPEN_TREE_CLONE */ | O_CLOEXEC);
+        if (tree < 0) return -1;
+    }
+    int rc = (int)syscall(429 /* move_mount */, tree, "", AT_FDCWD, target, 4 /* MOVE_MOUNT_F_EMPTY_PATH */);
+    int saved = errno;
+    close(tree);
+    errno = saved;
+    return rc < 0 ? -1 : 0;
+}
+
 static void do_mount(const struct kr_mount *m, const char *rootfs) {
     char target[4096];
     join_path(target, sizeof(target), rootfs, m->destination);
@@ -205,9 +239,8 @@ static void do_mount(const struct kr_mount *m, const char *rootfs) {
                 die("remount %s", m->destination);
         }
     } else if (m->kind == KR_MOUNT_CGROUP_V1) {
-        // `source` holds a NUL-separated, double-NUL-terminated list of v1
-        // hierarchies (e.g. "cpu\0memory\0name=systemd\0\0"): a tmpfs, then
-        // one cgroup mount per hierarchy, made read-only as asked.
+        // One tmpfs, then the container's own cgroup of every hierarchy
+        // below it, made read-only as asked.
         make_mountpoint(target, 0);
         if (mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755") < 0)
             die("mount tmpfs on %s", m->destination);
@@ -218,23 +251,27 @@ static void do_mount(const struct kr_mount *m, const char *rootfs) {
         int cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
         if (cwd < 0) die("open current directory");
         if (chdir(target) < 0) die("chdir %s", m->destination);
-        for (const char *h = m->source; h && *h; h += strlen(h) + 1) {
+        for (const char *h = m->source; h && *h;) {
+            const char *host = h + strlen(h) + 1;
+            const char *next = host + strlen(host) + 1;
             const char *name = strncmp(h, "name=", 5) == 0 ? h + 5 : h;
             if (mkdir(name, 0755) < 0 && errno != EEXIST) die("mkdir %s/%s", m->destination, name);
-            if (mount("cgroup", name, "cgroup", m->flags & ~MS_RDONLY, h) < 0) {
-                // Without a cgroup namespace fall back to skipping: the host
-                // hierarchy must not be exposed writable.
-                rmdir(name);
-                continue;
-            }
+            if (mount_own_cgroup(name, "cgroup", h, m, host) < 0)
+                die("mount cgroup %s on %s/%s", h, m->destination, name);
             if (m->flags & MS_RDONLY)
                 mount(NULL, name, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | (m->flags & ~MS_RDONLY), NULL);
+            h = next;
         }
         if (fchdir(cwd) < 0) die("restore current directory");
         close(cwd);
+    } else if (m->kind == KR_MOUNT_CGROUP_V2) {
+        make_mountpoint(target, 0);
+        if (mount_own_cgroup(target, "cgroup2", NULL, m, m->source) < 0)
+            die("mount cgroup2 on %s", m->destination);
+        if (m->flags & MS_RDONLY)
+            mount(NULL, target, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | (m->flags & ~MS_RDONLY), NULL);
     } else {
         make_mountpoint(target, 0);
-        int is_cgroup2 = m->type && strcmp(m->type, "cgroup2") == 0;
         if (mount(m->source, target, m->type, m->flags, m->data) < 0) {
             // sysfs cannot be mounted without a private netns; bind instead (as runc).
             if (errno == EPERM && m->type && strcmp(m->type, "sysfs") == 0) {
@@ -242,9 +279,6 @@ static void do_mount(const struct kr_mount *m, const char *rootfs) {
                     die("bind /sys on %s", m->destination);
                 if (mount(NULL, target, NULL, MS_BIND | MS_REMOUNT | (m->flags & ~MS_REC), NULL) < 0 && errno != EPERM)
                     die("remount %s", m->destination);
-            } else if (is_cgroup2 && (errno == EPERM || errno == EBUSY)) {
-                if (mount("/sys/fs/cgroup", target, NULL, MS_BIND | MS_REC, NULL) < 0)
-                    die("mount cgroup2 on %s", m->destination);
             } else {
                 die("mount %s (%s) on %s", m->source ? m->source : "none",
                     m->type ? m->type : "", m->destination);
@@ -274,6 +308,8 @@ static void create_device(const struct kr_device *d, const char *rootfs, int bin
         int fd = open(target, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
         if (fd >= 0) close(fd);
         if (mount(host, target, NULL, MS_BIND, NULL) < 0) die("bind device %s", d->path);
+        // As crun: a bound node is no place to run or gain privileges from.
+        mount(NULL, target, NULL, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NOEXEC, NULL);
         return;
     }
     unlink(target);
@@ -536,6 +572,19 @@ static void close_extra_fds(const struct kr_init_config *c) {
     }
 }
 
+// Asks AppArmor to confine the process in `profile` from its next execve
+// (the runtime refused the config when AppArmor is not enabled).
+static void set_apparmor_profile(const char *profile) {
+    char buf[4096];
+    int n = snprintf(buf, sizeof(buf), "exec %s", profile);
+    if (n < 0 || (size_t)n >= sizeof(buf)) { errno = ENAMETOOLONG; die("apparmor profile %s", profile); }
+    int fd = open("/proc/self/attr/apparmor/exec", O_WRONLY | O_CLOEXEC);
+    if (fd < 0) fd = open("/proc/self/attr/exec", O_WRONLY | O_CLOEXEC);
+    if (fd < 0) die("open /proc/self/attr/apparmor/exec");
+    if (write(fd, buf, (size_t)n) != n) die("set apparmor profile %s", profile);
+    close(fd);
+}
+
 __attribute__((noreturn))
 static void child_main(const struct kr_init_config *c) {
     g_sync = c->sync_fd;
@@ -577,13 +626,14 @@ static void child_main(const struct kr_init_config *c) {
     if (c->domainname && setdomainname(c->domainname, strlen(c->domainname)) < 0) die("setdomainname");
 
     if (c->mode != KR_MODE_EXEC && c->rootfs) {
-        if (c->clone_flags & CLONE_NEWNS) setup_rootfs(c);
+        if (c->has_mount_ns) setup_rootfs(c);
+        else for (int i = 0; i < c->n_mounts; i++) do_mount(&c->mounts[i], c->rootfs);  // in the caller's namespace
         if (c->needs_runtime_hooks) { send_byte('H'); expect_byte('h'); }
         for (int i = 0; i < c->n_create_container_hooks; i++)
             run_hook_in_child(&c->create_container_hooks[i], state_json);
-        if (c->clone_flags & CLONE_NEWNS) enter_rootfs(c);
+        if (c->has_mount_ns) enter_rootfs(c);
         else if (chroot(c->rootfs) < 0 || chdir("/") < 0) die("chroot %s", c->rootfs);
-        if (c->clone_flags & CLONE_NEWNS) finish_rootfs(c);
+        if (c->has_mount_ns) finish_rootfs(c);
         else for (int i = 0; i < c->n_sysctl; i++) set_sysctl(c->sysctl_keys[i], c->sysctl_values[i]);
     }
     if (c->terminal && c->console_fd >= 0) setup_terminal(c);
@@ -614,14 +664,29 @@ static void child_main(const struct kr_init_config *c) {
     set_credentials(c, !c->no_new_privs);
     close_extra_fds(c);
 
+    int fifo = -1;
+    char fifo_path[64];
+    if (c->mode == KR_MODE_CREATE) {
+        // Reopen the exec fifo as the container's user, without blocking,
+        // while errors still reach `create`: ENXIO (no reader yet) means the
+        // blocking open below will work.
+        snprintf(fifo_path, sizeof(fifo_path), "/proc/self/fd/%d", reopen_fd);
+        do { fifo = open(fifo_path, O_WRONLY | O_NONBLOCK | O_CLOEXEC); } while (fifo < 0 && errno == EINTR);
+        if (fifo < 0 && errno == ENOENT) die("open exec fifo through %s (create needs /proc mounted in the container)", fifo_path);
+        if (fifo < 0 && errno != ENXIO) die("open exec fifo through %s", fifo_path);
+    }
+
     // Ready. From here on a dying parent is no reason to die: `create` exits.
     prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
     if (c->mode == KR_MODE_CREATE) {
         send_byte('R');
-        char p[64];
-        snprintf(p, sizeof(p), "/proc/self/fd/%d", reopen_fd);
-        int fd;
-        do { fd = open(p, O_WRONLY | O_CLOEXEC); } while (fd < 0 && errno == EINTR);
+        int fd = fifo;
+        if (fd >= 0) {
+            int fl = fcntl(fd, F_GETFL);
+            if (fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+        } else {
+            do { fd = open(fifo_path, O_WRONLY | O_CLOEXEC); } while (fd < 0 && errno == EINTR);
+        }
         if (fd < 0) { g_sync = -1; die("open exec fifo"); }
         write_all(fd, "0", 1);
         close(fd);
@@ -638,6 +703,7 @@ static void child_main(const struct kr_init_config *c) {
         struct sock_fprog prog = {.len = (unsigned short)c->seccomp_len, .filter = (struct sock_filter *)c->seccomp_filter};
         if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) < 0) die("load seccomp filter");
     }
+    if (c->apparmor_profile) set_apparmor_profile(c->apparmor_profile);
     execve(exe, c->argv, c->envp);
     die("exec %s", exe);
 }

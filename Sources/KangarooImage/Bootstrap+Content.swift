@@ -5,7 +5,13 @@ extension Bootstrap {
     public func readChunk(_ index: Int, source: any ChunkSource) throws -> [UInt8] {
         guard chunks.indices.contains(index) else { throw ImageError(.invalidArgument, "chunk \(index) out of range") }
         let info = chunks[index]
-        let compressed = try source.read(blob: info.blob, range: info.compressedRange)
+        return try verifyChunk(index, compressed: try source.read(blob: info.blob, range: info.compressedRange))
+    }
+
+    /// Decompresses chunk `index` from its compressed bytes and verifies it
+    /// against its ToC digest.
+    public func verifyChunk(_ index: Int, compressed: [UInt8]) throws -> [UInt8] {
+        let info = chunks[index]
         guard compressed.count == Int(info.compressedSize) else {
             throw ImageError(.digestMismatch, "chunk \(index) of blob \(blobs[info.blob].digestHex): got \(compressed.count) bytes, expected \(info.compressedSize)")
         }

@@ -67,6 +67,11 @@ extension CgroupFiles {
                     }
                 }
                 if let res = mem.reservation, res != 0 { try write("memory", "memory.soft_limit_in_bytes", res > 0 ? String(res) : "-1") }
+                // memory.kernel is not written: Linux 5.16 and later ignore
+                // memory.kmem.limit_in_bytes (as runc 1.1 ignores the field).
+                if let tcp = mem.kernelTCP, tcp != 0 {
+                    try write("memory", "memory.kmem.tcp.limit_in_bytes", tcp > 0 ? String(tcp) : "-1")
+                }
                 if let sw = mem.swappiness, sw <= 100 { try write("memory", "memory.swappiness", String(sw)) }
                 if mem.disableOOMKiller == true { try write("memory", "memory.oom_control", "1") }
             }
@@ -117,6 +122,19 @@ extension CgroupFiles {
             for d in devices where d.type != "p" {
                 try write("devices", "devices.allow", "\(d.type == "u" ? "c" : d.type) \(d.major):\(d.minor) rwm")
             }
+        }
+        for h in r.hugepageLimits {
+            try write("hugetlb", "hugetlb.\(h.pageSize).\(v2 ? "max" : "limit_in_bytes")", String(h.limit))
+        }
+        if let net = r.network {
+            if let id = net.classID { try write("net_cls", "net_cls.classid", String(id)) }
+            for p in net.priorities { try write("net_prio", "net_prio.ifpriomap", "\(p.name) \(p.priority)") }
+        }
+        for d in r.rdma {
+            var line = d.device
+            if let h = d.handles { line += " hca_handle=\(h)" }
+            if let o = d.objects { line += " hca_object=\(o)" }
+            try write("rdma", "rdma.max", line)
         }
         for (key, value) in r.unified {
             guard let u = layout.unified else {

@@ -24,6 +24,9 @@ public struct ContainerState: Sendable {
     public var poststop: [Spec.Hook]
     /// Namespaces the container shares with someone else (not ours to clean).
     public var sharedPidNamespace: Bool
+    /// Host paths of mounts made in the caller's mount namespace (a config
+    /// with mounts but no mount namespace); `delete` detaches them.
+    public var hostMounts: [String] = []
 
     /// Lifecycle states of runtime-spec runtime.md, plus runc's "paused".
     public enum Status: String, Sendable {
@@ -45,6 +48,7 @@ public struct ContainerState: Sendable {
             ("owner", .string(owner)), ("annotations", .object(annotations.map { ($0.0, JSON.string($0.1)) })),
             ("cgroupPath", .string(cgroupPath)), ("initialized", .bool(initialized)),
             ("poststart", .array(poststart.map(Self.hookJSON))), ("poststop", .array(poststop.map(Self.hookJSON))), ("sharedPidNamespace", .bool(sharedPidNamespace)),
+            ("hostMounts", .array(hostMounts.map(JSON.string))),
         ])
     }
 
@@ -82,6 +86,7 @@ public struct ContainerState: Sendable {
         cgroupPath = try n.string("cgroupPath") ?? ""
         initialized = try n.bool("initialized") ?? false
         sharedPidNamespace = try n.bool("sharedPidNamespace") ?? false
+        hostMounts = try n.strings("hostMounts") ?? []
         func hooks(_ key: String) throws(RuntimeError) -> [Spec.Hook] {
             var out: [Spec.Hook] = []
             for h in try n.array(key) {

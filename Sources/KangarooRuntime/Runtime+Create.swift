@@ -92,15 +92,16 @@ extension Runtime {
            spec.linux.uidMappings.isEmpty || spec.linux.gidMappings.isEmpty {
             throw RuntimeError(.invalidConfig, "config.json: linux.uidMappings: a new user namespace needs uidMappings and gidMappings")
         }
-        if !hasMountNS && (!spec.mounts.isEmpty || !spec.linux.maskedPaths.isEmpty) {
-            // runc requires a mount namespace for mounts; so do we.
-            throw RuntimeError(.invalidConfig, "config.json: linux.namespaces: mounts need a mount namespace")
+        if !hasMountNS && (!spec.linux.maskedPaths.isEmpty || !spec.linux.readonlyPaths.isEmpty) {
+            // As runc: masking would change the caller's own /proc and /sys.
+            throw RuntimeError(.invalidConfig, "config.json: linux.\(spec.linux.maskedPaths.isEmpty ? "readonlyPaths" : "maskedPaths"): masked and read-only paths need a mount namespace (add {\"type\": \"mount\"} to linux.namespaces)")
         }
 
         let layout: CgroupLayout
         do { layout = try CgroupLayout.detect() } catch {
             throw RuntimeError(.system, "read /proc/self/mountinfo", errno: error.rawValue)
         }
+        try HostSupport.check(spec, layout: layout)
         let cgroup = CgroupFiles(Cgroup(layout: layout, path: Self.cgroupPath(spec.linux.cgroupsPath, id: id)))
 
         // State directory first: its existence is the lock on the id.
@@ -115,7 +116,16 @@ extension Runtime {
         var state = ContainerState(id: id, bundle: bundle, rootfs: rootfs, cgroupPath: cgroup.path,
                                    annotations: spec.annotations, poststart: spec.hooks.poststart, poststop: spec.hooks.poststop,
                                    sharedPidNamespace: joinedPid != nil || !spec.linux.namespaces.contains { $0.type == "pid" })
+        if !hasMountNS {
+            // Without a mount namespace the mounts are made in ours, below
+            // the rootfs (as runc); recorded first, so that delete (also
+            // after a crash) and a failing create remove them again.
+            // mountinfo names mount points by their resolved paths.
+            let resolved = realpath(rootfs, nil).map { p in defer { free(p) }; return String(cString: p) } ?? rootfs
+            state.hostMounts = spec.mounts.filter { $0.destination != "/" }.map { Self.join(resolved, $0.destination) }
+        }
         var cleanup = Cleanup(runtime: self, dir: dir, cgroup: cgroup)
+        cleanup.hostMounts = state.hostMounts
         defer { cleanup.run() }
         try save(state)
 
@@ -129,6 +139,14 @@ extension Runtime {
             fifoFD = open(fifo, 0o10000000 /* O_PATH */ | O_CLOEXEC)
             guard fifoFD >= 0 else { throw RuntimeError.sys("open \(fifo)") }
             fds.append(fifoFD)
+            // The init opens it for writing as the container's user: 0622
+            // whatever the umask, owned by that user's host id in a user
+            // namespace (as runc).
+            guard chmod(fifo, 0o622) == 0 else { throw RuntimeError.sys("chmod \(fifo)") }
+            if hasUserNS, let uid = Self.hostID(process.user.uid, spec.linux.uidMappings),
+               let gid = Self.hostID(process.user.gid, spec.linux.gidMappings) {
+                guard chown(fifo, uid, gid) == 0 else { throw RuntimeError.sys("chown \(fifo)") }
+            }
         }
         var consoleFD: Int32 = -1
         if process.terminal, let socket = options.consoleSocket {
@@ -156,13 +174,17 @@ extension Runtime {
         cfg.mode = Int32(mode.rawValue)
         cfg.clone_flags = cloneFlags
         cfg.unshare_cgroupns = unshareCgroup ? 1 : 0
+        cfg.has_mount_ns = hasMountNS ? 1 : 0
         cfg.joins = UnsafePointer(arena.array(joins))
         cfg.n_joins = Int32(joins.count)
         cfg.rootfs = UnsafePointer(arena.string(rootfs))
         cfg.readonly_rootfs = root.readonly ? 1 : 0
         cfg.no_pivot = options.noPivot ? 1 : 0
         cfg.rootfs_propagation = spec.linux.rootfsPropagation.flatMap { MountOptions.propagation[$0] } ?? 0
-        let mounts = spec.mounts.map { m in Self.cMount(m, arena: arena, layout: layout, cgroupNS: unshareCgroup, bundle: bundle) }
+        let ownCgroupNS = spec.linux.namespaces.contains { $0.type == "cgroup" }
+        let mounts = spec.mounts.map { m in
+            Self.cMount(m, arena: arena, layout: layout, cgroupPath: cgroup.path, cgroupNS: ownCgroupNS, bundle: bundle)
+        }
         cfg.mounts = UnsafePointer(arena.array(mounts))
         cfg.n_mounts = Int32(mounts.count)
         cfg.masked_paths = arena.constStringArray(spec.linux.maskedPaths)
@@ -180,6 +202,7 @@ extension Runtime {
         cfg.sysctl_values = arena.constStringArray(spec.linux.sysctl.map { $0.1 })
         cfg.n_sysctl = Int32(spec.linux.sysctl.count)
         Self.fillProcess(&cfg, process, arena: arena)
+        cfg.apparmor_profile = UnsafePointer(arena.optionalString(process.apparmorProfile))
         cfg.seccomp_filter = UnsafeRawPointer(arena.bytes(seccomp))
         cfg.seccomp_len = Int32(seccomp.count / 8)
         cfg.sync_fd = pair[1]
@@ -233,8 +256,12 @@ extension Runtime {
             let msg = try Self.receive(parentSock)
             switch msg.first {
             case UInt8(ascii: "H"):
-                let json = state.ociState(status: .creating).serialized()
-                for hook in spec.hooks.prestart + spec.hooks.createRuntime { try Hooks.run(hook, state: json) }
+                // runtime-spec: prestart hooks see the container "created"
+                // (as crun), createRuntime hooks "creating".
+                let created = state.ociState(status: .created).serialized()
+                for hook in spec.hooks.prestart { try Hooks.run(hook, state: created) }
+                let creating = state.ociState(status: .creating).serialized()
+                for hook in spec.hooks.createRuntime { try Hooks.run(hook, state: creating) }
                 try Self.send(parentSock, "h")
                 continue
             case UInt8(ascii: "R"):
@@ -264,6 +291,20 @@ extension Runtime {
         }
         cleanup.disarm()
         return Launched(pid: pid, state: state, cgroup: cgroup)
+    }
+
+    /// `path` (absolute inside the container) below `root`.
+    static func join(_ root: String, _ path: String) -> String {
+        let r = root.hasSuffix("/") ? String(root.dropLast()) : root
+        return r + "/" + path.drop { $0 == "/" }
+    }
+
+    /// The host id that `id` inside the user namespace maps to.
+    static func hostID(_ id: UInt32, _ mappings: [Spec.IDMapping]) -> UInt32? {
+        for m in mappings where id >= m.containerID && UInt64(id) < UInt64(m.containerID) + UInt64(m.size) {
+            return m.hostID + (id - m.containerID)
+        }
+        return nil
     }
 
     static func writeMappings(pid: Int32, uid: [Spec.IDMapping], gid: [Spec.IDMapping]) throws(RuntimeError) {
@@ -327,6 +368,7 @@ struct Cleanup {
     let cgroup: CgroupFiles
     var pid: Int32 = 0
     var removeCgroup = false
+    var hostMounts: [String] = []
     var armed = true
 
     init(runtime: Runtime, dir: String, cgroup: CgroupFiles) {
@@ -344,6 +386,7 @@ struct Cleanup {
             var status: Int32 = 0
             while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         }
+        if !hostMounts.isEmpty { Mounts.detachAll(under: hostMounts) }
         if removeCgroup { try? cgroup.remove() }
         FileSystem.removeTree(dir)
     }

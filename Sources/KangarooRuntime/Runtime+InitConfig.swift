@@ -27,7 +27,13 @@ extension Runtime {
         }
     }
 
-    static func cMount(_ m: Spec.Mount, arena: CArena, layout: CgroupLayout, cgroupNS: Bool, bundle: String) -> kr_mount {
+    /// A mount of config.json for the init. A `cgroup` mount becomes the
+    /// container's own cgroup (`cgroupPath` in every hierarchy), never a view
+    /// of the host's hierarchies: with a cgroup namespace the fresh mount's
+    /// root is the container's cgroup, without one the init keeps only the
+    /// container's directory of it.
+    static func cMount(_ m: Spec.Mount, arena: CArena, layout: CgroupLayout, cgroupPath: String, cgroupNS: Bool,
+                       bundle: String) -> kr_mount {
         let opts = MountOptions.parse(m.options)
         var flags = opts.flags
         let isBind = m.type == "bind" || (flags & UInt(MS_BIND)) != 0
@@ -39,15 +45,19 @@ extension Runtime {
             kind = KR_MOUNT_BIND
             flags |= UInt(MS_BIND)
             if let s = source, !s.hasPrefix("/") { source = bundle + "/" + s }
-        } else if m.type == "cgroup" {
-            if layout.isPureV2 {
+        } else if m.type == "cgroup" || m.type == "cgroup2" {
+            if layout.isPureV2 || m.type == "cgroup2" {
                 type = "cgroup2"
+                kind = KR_MOUNT_CGROUP_V2
+                source = layout.unified ?? "/sys/fs/cgroup"
             } else {
                 kind = KR_MOUNT_CGROUP_V1
-                // NUL-separated list of hierarchies, double-NUL-terminated.
+                // "controllers\0host mount point\0" per hierarchy, double-NUL-terminated.
                 var bytes: [UInt8] = []
                 for h in layout.v1 {
                     bytes.append(contentsOf: h.controllers.joined(separator: ",").utf8)
+                    bytes.append(0)
+                    bytes.append(contentsOf: h.mountPoint.utf8)
                     bytes.append(0)
                 }
                 bytes.append(0)
@@ -60,7 +70,10 @@ extension Runtime {
         return kr_mount(source: sourcePtr, destination: UnsafePointer(arena.string(m.destination)),
                         type: UnsafePointer(arena.optionalString(type)),
                         data: opts.data.isEmpty ? nil : UnsafePointer(arena.string(opts.data)),
-                        flags: flags, propagation: opts.propagation, kind: Int32(kind.rawValue), is_dir_hint: -1)
+                        flags: flags, propagation: opts.propagation, kind: Int32(kind.rawValue), is_dir_hint: -1,
+                        cgroup_path: kind == KR_MOUNT_CGROUP_V1 || kind == KR_MOUNT_CGROUP_V2
+                            ? UnsafePointer(arena.string(cgroupPath)) : nil,
+                        cgroup_ns: cgroupNS ? 1 : 0)
     }
 
     static func cHook(_ h: Spec.Hook, arena: CArena) -> kr_hook {

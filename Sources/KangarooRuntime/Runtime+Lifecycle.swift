@@ -117,6 +117,10 @@ extension Runtime {
                 throw RuntimeError(.system, "remove cgroup \(cg.path)", errno: error.rawValue)
             }
         }
+        if !state.hostMounts.isEmpty {
+            let left = Mounts.detachAll(under: state.hostMounts)
+            if !left.isEmpty { throw RuntimeError(.system, "cannot unmount \(left.joined(separator: ", "))") }
+        }
         let dir = stateDir(state.id)
         if !state.poststop.isEmpty {
             let json = state.ociState(status: .stopped).serialized()
@@ -175,6 +179,7 @@ extension Runtime {
         guard let cg = cgroup(for: state) else { throw RuntimeError(.unsupported, "container has no cgroup") }
         let status = state.status(cgroup: cg, stateDir: stateDir(id))
         guard status != .stopped else { throw RuntimeError(.invalidState, "container not running") }
+        try HostSupport.check(resources, layout: cg.layout, document: "resources")
         try CgroupFiles(cg).apply(resources, initial: false)
     }
 }

@@ -62,6 +62,7 @@ public struct Spec: Sendable {
         public var rlimits: [Rlimit] = []
         public var noNewPrivileges = false
         public var oomScoreAdj: Int?
+        public var apparmorProfile: String?
     }
 
     /// config.md "POSIX-platform Hooks".
@@ -155,8 +156,20 @@ public struct Resources: Sendable {
         public var limit: Int64?
         public var reservation: Int64?
         public var swap: Int64?
+        public var kernel: Int64?
+        public var kernelTCP: Int64?
         public var swappiness: UInt64?
         public var disableOOMKiller: Bool?
+    }
+    /// config-linux.md "Huge page limits".
+    public struct HugepageLimit: Sendable {
+        public var pageSize: String
+        public var limit: UInt64
+    }
+    /// config-linux.md "Network": net_cls class id and net_prio priorities.
+    public struct Network: Sendable {
+        public var classID: UInt32?
+        public var priorities: [(name: String, priority: UInt32)] = []
     }
     public struct CPU: Sendable {
         public var shares: UInt64?
@@ -192,6 +205,10 @@ public struct Resources: Sendable {
     public var cpu: CPU?
     public var pidsLimit: Int64?
     public var blockIO: BlockIO?
+    public var hugepageLimits: [HugepageLimit] = []
+    public var network: Network?
+    /// config-linux.md "RDMA": device name -> (hcaHandles, hcaObjects).
+    public var rdma: [(device: String, handles: UInt32?, objects: UInt32?)] = []
     public var unified: [(String, String)] = []
 
     public init() {}
@@ -298,6 +315,8 @@ extension Spec.Process {
         }
         noNewPrivileges = try n.bool("noNewPrivileges") ?? false
         oomScoreAdj = try n.int("oomScoreAdj")
+        apparmorProfile = try n.string("apparmorProfile")
+        if apparmorProfile?.isEmpty == true { apparmorProfile = nil }
         if let o = oomScoreAdj, o < -1000 || o > 1000 { throw n.child("oomScoreAdj")!.fail("must be in -1000...1000") }
     }
 }
@@ -406,6 +425,7 @@ extension Resources {
         }
         if let m = n.child("memory") {
             memory = Memory(limit: try m.int64("limit"), reservation: try m.int64("reservation"), swap: try m.int64("swap"),
+                            kernel: try m.int64("kernel"), kernelTCP: try m.int64("kernelTCP"),
                             swappiness: try m.uint64("swappiness"), disableOOMKiller: try m.bool("disableOOMKiller"))
         }
         if let c = n.child("cpu") {
@@ -446,6 +466,26 @@ extension Resources {
             io.throttleReadIOPSDevice = try throttles("throttleReadIOPSDevice")
             io.throttleWriteIOPSDevice = try throttles("throttleWriteIOPSDevice")
             blockIO = io
+        }
+        for h in try n.array("hugepageLimits") {
+            let size = try h.requiredString("pageSize")
+            guard let limit = h.child("limit") else { throw h.missing("limit") }
+            hugepageLimits.append(HugepageLimit(pageSize: size, limit: try limit.asUInt64()))
+        }
+        if let net = n.child("network") {
+            var network = Network(classID: try net.uint32("classID"))
+            for p in try net.array("priorities") {
+                guard let prio = p.child("priority") else { throw p.missing("priority") }
+                network.priorities.append((try p.requiredString("name"), try prio.asUInt32()))
+            }
+            self.network = network
+        }
+        if let r = n.child("rdma") {
+            guard case .object(let entries) = r.value else { throw r.typeError("an object") }
+            for (device, _) in entries {
+                guard let d = r.child(device) else { continue }
+                rdma.append((device, try d.uint32("hcaHandles"), try d.uint32("hcaObjects")))
+            }
         }
         unified = try n.stringMap("unified")
     }

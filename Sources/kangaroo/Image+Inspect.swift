@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KangarooImage
+import KangarooLazyFS
 import KangarooOCI
 import Logging
 
@@ -78,8 +79,20 @@ extension ImageCommand {
             let progress = TerminalProgress(enabled: options.showProgress)
             let report: CheckReport
             do {
-                let (image, layout) = try await options.openKangarooImage(reference, logger: logger, progress: progress)
-                report = image.check(source: LayoutChunkSource(layout: layout, image: image))
+                let onProgress: @Sendable (UInt64, UInt64) -> Void = { done, total in
+                    progress.update("checking \(reference)", done: Int64(done), total: Int64(total))
+                }
+                if case .registry(let ref) = try ImageLocation.parse(reference) {
+                    // What the registry serves, never the store's copy: the
+                    // manifest, the bootstrap and every blob come from it.
+                    report = try await options.withRegistry(ref, logger: logger) { (client: RegistryClient) async throws -> CheckReport in
+                        try await Self.checkRegistry(ref, client: client, onProgress: onProgress)
+                    }
+                } else {
+                    let (image, layout) = try await options.openKangarooImage(reference, logger: logger, progress: progress)
+                    report = image.check(source: LayoutChunkSource(layout: layout, image: image), progress: onProgress)
+                }
+                progress.finish()
             } catch let error as ImageError where error.code == .digestMismatch || error.code == .corruptBootstrap {
                 progress.finish()
                 fail(CLIError("check \(reference): FAILED: \(error)"))
@@ -122,6 +135,33 @@ extension ImageCommand {
                 progress.finish()
                 fail(error)
             }
+        }
+    }
+}
+
+extension ImageCommand.Check {
+    /// Checks the image as `client`'s registry serves it, streaming each blob
+    /// once with range requests; the store is neither read nor written.
+    static func checkRegistry(_ reference: Reference, client: RegistryClient,
+                              onProgress: @escaping @Sendable (UInt64, UInt64) -> Void) async throws -> CheckReport {
+        let resolved: ResolvedManifest = try await client.resolveManifest(reference)
+        let manifest = resolved.manifest
+        guard let first = manifest.layers.first, first.mediaType == KangarooMediaTypes.bootstrap else {
+            throw CLIError("\(reference) is an OCI image, not a Kangaroo image: convert it first (kangaroo image convert \(reference) NAME)")
+        }
+        guard first.size >= 0, first.size <= 1 << 30 else {
+            throw CLIError("\(reference): the manifest gives the bootstrap an implausible size (\(first.size) bytes)")
+        }
+        let bytes = try await client.fetchBlobRange(repository: reference.repository, digest: first.digest, range: 0..<first.size)
+        let image = try KangarooImage(manifest: manifest, bootstrapBytes: bytes)
+        let source = RegistryChunkSource(client: client, repository: reference.repository, image: image)
+        // The check blocks on each range read: run it off the cooperative pool.
+        return await withCheckedContinuation { continuation in
+            let thread = Thread {
+                continuation.resume(returning: image.check(source: source, progress: onProgress))
+            }
+            thread.name = "image-check"
+            thread.start()
         }
     }
 }

@@ -23,6 +23,8 @@ struct RuntimeDifferentialTests {
     (touch /newfile) 2>&1 | sed 's/.*: //'
     (mkdir /tmp/d && echo mkdir-ok) 2>&1 | sed 's/.*: //'
     echo "$FOO"; ls /dev | tr '\n' ' '; echo
+    cat /proc/self/uid_map /proc/self/gid_map
+    echo "cgroup dirs: $(find /sys/fs/cgroup/ -mindepth 2 -type d 2>/dev/null | wc -l)"
     """#
 
     static func hostNamespaces() -> [(String, String)] {
@@ -76,6 +78,30 @@ struct RuntimeDifferentialTests {
              "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
                           {"names": ["personality"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]}]}
             """))
+        }),
+        ("userns", { c in
+            c.append(["linux", "namespaces"], .object([("type", .string("user"))]))
+            let map: JSON = .array([.object([("containerID", .int(0)), ("hostID", .int(300000)), ("size", .int(65536))])])
+            c.set(["linux", "uidMappings"], map)
+            c.set(["linux", "gidMappings"], map)
+            c.set(["linux", "resources", "memory"], .object([("limit", .int(48 << 20))]))
+        }),
+        ("no-cgroupns-limits", { c in
+            if case let .array(ns)? = c["linux"]?["namespaces"] {
+                c.set(["linux", "namespaces"], .array(ns.filter { $0["type"] != .string("cgroup") }))
+            }
+            c.set(["linux", "resources", "memory"], .object([("limit", .int(64 << 20))]))
+            c.set(["linux", "resources", "pids"], .object([("limit", .int(42))]))
+            c.set(["linux", "resources", "cpu"], .object([("quota", .int(25000)), ("period", .int(100000))]))
+        }),
+        ("userns-no-cgroupns", { c in
+            if case let .array(ns)? = c["linux"]?["namespaces"] {
+                c.set(["linux", "namespaces"], .array(ns.filter { $0["type"] != .string("cgroup") } + [.object([("type", .string("user"))])]))
+            }
+            let map: JSON = .array([.object([("containerID", .int(0)), ("hostID", .int(400000)), ("size", .int(65536))])])
+            c.set(["linux", "uidMappings"], map)
+            c.set(["linux", "gidMappings"], map)
+            c.set(["linux", "resources", "pids"], .object([("limit", .int(55))]))
         }),
         ("masked-readonly-devices", { c in
             c.append(["linux", "maskedPaths"], .string("/etc/passwd"))

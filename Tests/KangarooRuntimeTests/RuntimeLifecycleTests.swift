@@ -161,6 +161,10 @@ struct RuntimeLifecycleTests {
         // Every hook but poststop sees the init's pid.
         #expect(log.dropLast().allSatisfy { $0.contains("\"pid\":") && !$0.contains("\"pid\":0") })
         #expect(log.last?.contains("\"status\":\"stopped\"") == true)
+        // runtime-spec (and crun): prestart sees "created", createRuntime "creating".
+        #expect(log.first { $0.hasPrefix("prestart ") }?.contains("\"status\":\"created\"") == true)
+        #expect(log.first { $0.hasPrefix("createRuntime ") }?.contains("\"status\":\"creating\"") == true)
+        #expect(log.first { $0.hasPrefix("poststart ") }?.contains("\"status\":\"running\"") == true)
     }
 
     @Test func killedDuringCreateIsCleanedByForceDelete() throws {

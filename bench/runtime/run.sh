@@ -18,12 +18,12 @@ set -euo pipefail
 RUNS=${1:-50}
 ROUNDS=${KANGAROO_BENCH_ROUNDS:-5}   # rounds of the concurrent rows (median reported)
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
-KR=${2:-$HERE/.build-runtime-release/release/kangaroo-runtime}
+KR=${2:-$HERE/.build/release/kangaroo-runtime}   # the README build (swift build -c release)
 case $KR in /*) ;; *) KR=$PWD/$KR;; esac  # make_bundle runs it from another directory
 ROOTFS=/var/lib/kangaroo-test/rootfs
 
 if [ "${KANGAROO_BENCH_INNER:-}" != 1 ]; then
-    [ -x "$KR" ] || { echo "build first: swift build -c release --scratch-path .build-runtime-release --product kangaroo-runtime -Xswiftc -static-stdlib" >&2; exit 1; }
+    [ -x "$KR" ] || { echo "build first: swift build -c release (as scripts/demo.sh does)" >&2; exit 1; }
     "$HERE/scripts/runtime-test-deps.sh" >/dev/null
     exec unshare -m --propagation private env KANGAROO_BENCH_INNER=1 "$0" "$RUNS" "$KR"
 fi

@@ -20,7 +20,11 @@
 
 enum kr_mode { KR_MODE_CREATE = 0, KR_MODE_RUN = 1, KR_MODE_EXEC = 2 };
 
-enum kr_mount_kind { KR_MOUNT_NORMAL = 0, KR_MOUNT_BIND = 1, KR_MOUNT_CGROUP_V1 = 2 };
+// KR_MOUNT_CGROUP_V1: `source` is a NUL-separated, double-NUL-terminated
+// list of pairs "controllers\0host mount point\0" (one per v1 hierarchy);
+// KR_MOUNT_CGROUP_V2: `source` is the host's cgroup2 mount point. Both mount
+// the container's own cgroup (`cgroup_path`) at the destination.
+enum kr_mount_kind { KR_MOUNT_NORMAL = 0, KR_MOUNT_BIND = 1, KR_MOUNT_CGROUP_V1 = 2, KR_MOUNT_CGROUP_V2 = 3 };
 
 struct kr_mount {
     const char *source;
@@ -31,6 +35,8 @@ struct kr_mount {
     unsigned long propagation;  // MS_SHARED/MS_SLAVE/MS_PRIVATE/MS_UNBINDABLE (| MS_REC) or 0
     int kind;                   // kr_mount_kind
     int is_dir_hint;            // bind source is a directory (1) / file (0) / unknown (-1)
+    const char *cgroup_path;    // cgroup kinds: the container's cgroup below each hierarchy root
+    int cgroup_ns;              // cgroup kinds: the init is in its own cgroup namespace
 };
 
 struct kr_device {
@@ -66,6 +72,7 @@ struct kr_init_config {
     const struct kr_ns_join *joins;
     int n_joins;
 
+    int has_mount_ns;           // a mount namespace, new or joined: set the rootfs up in it
     const char *rootfs;         // absolute host path (create/run)
     int readonly_rootfs;
     int no_pivot;
@@ -100,6 +107,7 @@ struct kr_init_config {
     char *const *argv;
     char *const *envp;
     const char *cwd;
+    const char *apparmor_profile; // NULL = none; applied at execve
     const void *seccomp_filter; // struct sock_filter[]
     int seccomp_len;            // number of sock_filter entries, 0 = none
 
