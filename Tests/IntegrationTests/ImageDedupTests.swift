@@ -74,15 +74,6 @@ struct ImageDedupTests {
 /// `kangaroo image check` finds a single flipped byte anywhere.
 @Suite("verification", .serialized, .enabled(if: TestEnv.enabled, "needs root and KANGAROO_INTEGRATION=1"))
 struct ImageCheckTests {
-    func flipByte(_ path: String, at offset: UInt64) throws {
-        let h = try FileHandle(forUpdating: URL(fileURLWithPath: path))
-        defer { try? h.close() }
-        try h.seek(toOffset: offset)
-        let b = try #require(try h.read(upToCount: 1)).first!
-        try h.seek(toOffset: offset)
-        try h.write(contentsOf: Data([b ^ 0x01]))
-    }
-
     @Test("a flipped byte in a blob names the blob, the chunk and a file", arguments: [0.1, 0.5, 0.97])
     func blobCorruption(position: Double) throws {
         let tmp = try TempDir("check-blob")

@@ -34,6 +34,41 @@ struct ImageRegistryTests {
         #expect(r.stdout.contains("application/vnd.kangaroo.image.bootstrap.v1"))
     }
 
+    /// Every file below `dir` with its SHA-256, to show a directory unchanged.
+    func snapshot(_ dir: String) throws -> String {
+        guard FileManager.default.fileExists(atPath: dir) else { return "" }
+        return try run("/bin/sh", ["-c", "cd '\(dir)' && find . -type f | sort | xargs -r sha256sum"], check: true).stdout
+    }
+
+    @Test("check of a registry reference verifies the bytes the registry serves, not the store's copy")
+    func checkReadsTheRegistry() throws {
+        let registry = try TestRegistry()
+        let tmp = try TempDir("registry-check")
+        let good = tmp.sub("store")
+        let ref = "\(registry.host)/check/sample:v1"
+        try kangaroo(["image", "convert", "--quiet", "oci:\(TestEnv.images)/sample:latest", ref], store: good)
+        let clean = try kangaroo(["image", "check", "--quiet", ref], store: tmp.sub("empty"))
+        #expect(clean.stdout.contains("OK"), "\(clean.output)")
+        let info = try inspect(ref, store: good)
+        let blob = info.blobs[0]
+        let hex = String(blob.digest.dropFirst("sha256:".count))
+        let data = registry.dir.sub("data/docker/registry/v2/blobs/sha256/\(hex.prefix(2))/\(hex)/data")
+        try flipByte(data, at: UInt64(Double(blob.compressedSize) * 0.4))
+        let before = try snapshot(good)
+        // Whether or not the store holds a good copy, the registry's bad byte is found.
+        for store in [good, tmp.sub("empty")] {
+            let r = try kangaroo(["image", "check", "--quiet", ref], store: store, check: false)
+            #expect(r.status != 0)
+            #expect(r.output.contains("blob \(blob.digest)"), "check does not name the blob: \(r.output)")
+            #expect(r.output.contains("blob content does not match its digest"), "\(r.output)")
+            #expect(r.output.contains("; chunk "), "check does not name the chunk: \(r.output)")
+            #expect(r.output.contains("compressed offset"), "\(r.output)")
+            #expect(r.output.contains("used by /"), "check names no file path: \(r.output)")
+        }
+        #expect(try snapshot(good) == before, "check changed the store")
+        #expect(try snapshot(tmp.sub("empty")) == "", "check wrote into an empty store")
+    }
+
     @Test("htpasswd auth: wrong or missing credentials fail clearly, right ones work")
     func basicAuth() throws {
         let registry = try TestRegistry(user: "kangaroo", password: "s3cret")
