@@ -202,7 +202,6 @@ extension Runtime {
         cfg.sysctl_values = arena.constStringArray(spec.linux.sysctl.map { $0.1 })
         cfg.n_sysctl = Int32(spec.linux.sysctl.count)
         Self.fillProcess(&cfg, process, arena: arena)
-        cfg.apparmor_profile = UnsafePointer(arena.optionalString(process.apparmorProfile))
         cfg.seccomp_filter = UnsafeRawPointer(arena.bytes(seccomp))
         cfg.seccomp_len = Int32(seccomp.count / 8)
         cfg.sync_fd = pair[1]

@@ -74,6 +74,7 @@ extension Runtime {
         if process.terminal && options.consoleSocket == nil && options.detach {
             throw RuntimeError(.invalidArgument, "exec: a terminal needs --console-socket")
         }
+        try HostSupport.check(process, document: options.processFile == nil ? "config.json: process" : "process.json")
         let seccomp = try spec.linux.seccomp.map { s throws(RuntimeError) in try SeccompFilter.compile(s) } ?? []
 
         let arena = CArena()

@@ -110,5 +110,6 @@ extension Runtime {
         cfg.argv = UnsafePointer(arena.stringArray(p.args))
         cfg.envp = UnsafePointer(arena.stringArray(p.env))
         cfg.cwd = UnsafePointer(arena.string(p.cwd))
+        cfg.apparmor_profile = UnsafePointer(arena.optionalString(p.apparmorProfile))
     }
 }

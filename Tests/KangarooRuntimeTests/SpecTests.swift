@@ -1,4 +1,5 @@
 import Testing
+import KangarooSystem
 @testable import KangarooRuntime
 
 /// A valid config (runc's default spec) that each case below breaks in one place.
@@ -60,6 +61,12 @@ func mutate(_ path: [String], _ value: JSON?) throws -> String {
         (["hooks", "prestart"], .array([.object([("path", .string("hook"))])]), "config.json: hooks.prestart[0].path: hook path must be absolute"),
         (["linux", "rootfsPropagation"], .string("sideways"), "config.json: linux.rootfsPropagation: unknown propagation"),
         (["process", "oomScoreAdj"], .number("5000"), "config.json: process.oomScoreAdj: must be in -1000...1000"),
+        (["linux", "resources", "hugepageLimits"], .array([.object([("pageSize", .string("2MB"))])]),
+         "config.json: linux.resources.hugepageLimits[0].limit: missing required field"),
+        (["linux", "resources", "network", "priorities"], .array([.object([("name", .string("eth0"))])]),
+         "config.json: linux.resources.network.priorities[0].priority: missing required field"),
+        (["linux", "resources", "rdma"], .array([]), "config.json: linux.resources.rdma: expected an object"),
+        (["linux", "resources", "memory", "kernelTCP"], .string("1m"), "config.json: linux.resources.memory.kernelTCP: expected an integer"),
     ] as [([String], JSON?, String)])
     func rejectsInvalidFieldNamingItsPath(path: [String], value: JSON?, expected: String) throws {
         let text = try mutate(path, value)
@@ -86,6 +93,35 @@ func mutate(_ path: [String], _ value: JSON?) throws -> String {
         #expect(seccomp.syscalls[1].args.first?.value == 8)
         let bpf = try SeccompFilter.compile(seccomp)
         #expect(bpf.count > 0 && bpf.count % 8 == 0)
+    }
+
+    @Test func hostDependentResourcesDecode() throws {
+        let r = try Resources.parse(#"""
+            {"memory": {"kernelTCP": 4096, "kernel": 8192},
+             "hugepageLimits": [{"pageSize": "2MB", "limit": 2097152}],
+             "network": {"classID": 1048577, "priorities": [{"name": "eth0", "priority": 5}]},
+             "rdma": {"mlx5_1": {"hcaHandles": 3, "hcaObjects": 10000}}}
+            """#, document: "r.json")
+        #expect(r.memory?.kernelTCP == 4096)
+        #expect(r.memory?.kernel == 8192)
+        #expect(r.hugepageLimits.map(\.pageSize) == ["2MB"])
+        #expect(r.hugepageLimits.first?.limit == 2_097_152)
+        #expect(r.network?.classID == 1_048_577)
+        #expect(r.network?.priorities.first?.name == "eth0" && r.network?.priorities.first?.priority == 5)
+        #expect(r.rdma.first?.device == "mlx5_1" && r.rdma.first?.handles == 3 && r.rdma.first?.objects == 10000)
+    }
+
+    @Test func apparmorProfileDecodes() throws {
+        let spec = try Spec.parse(try mutate(["process", "apparmorProfile"], .string("runtime-default")))
+        #expect(spec.process?.apparmorProfile == "runtime-default")
+        #expect(try Spec.parse(validConfig).process?.apparmorProfile == nil)
+    }
+
+    @Test(arguments: [("2MB", true), ("0MB", false), ("2mb", false), ("MB", false), ("7XB", false)])
+    func hugepageSizesParse(size: String, wellFormed: Bool) {
+        // Well-formed sizes are accepted only when the host has them.
+        let host = FileSystem.isDirectory("/sys/kernel/mm/hugepages/hugepages-2048kB")
+        #expect((HostSupport.hugepageKiB(size) != nil) == (wellFormed && host))
     }
 
     @Test func resourcesAcceptNegativeOneAsUnlimited() throws {

@@ -9,10 +9,15 @@ import Glibc
 enum HostSupport {
     /// The first setting of `spec` the host cannot apply, as an error.
     static func check(_ spec: Spec, layout: CgroupLayout) throws(RuntimeError) {
-        if let profile = spec.process?.apparmorProfile, !apparmorEnabled() {
-            throw RuntimeError(.unsupported, "config.json: process.apparmorProfile: AppArmor is not enabled on this host, cannot apply profile \"\(profile)\"")
-        }
+        if let p = spec.process { try check(p, document: "config.json: process") }
         if let r = spec.linux.resources { try check(r, layout: layout, document: "config.json: linux.resources") }
+    }
+
+    /// A process (create and `exec`): its AppArmor profile can be applied.
+    static func check(_ p: Spec.Process, document: String) throws(RuntimeError) {
+        if let profile = p.apparmorProfile, !apparmorEnabled() {
+            throw RuntimeError(.unsupported, "\(document).apparmorProfile: AppArmor is not enabled on this host, cannot apply profile \"\(profile)\"")
+        }
     }
 
     /// Resources (create and `update`): every controller they need is mounted.
