@@ -15,6 +15,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         // C shims and Debian C libraries (system-library targets).
@@ -47,6 +48,15 @@ let package = Package(
         ]),
         .target(name: "KangarooLazyFS", dependencies: ["KangarooImage", "KangarooFUSE", "CKangaroo"]),
         .target(name: "KangarooRuntime", dependencies: ["KangarooSystem", "CSeccomp"]),
+        // ttrpc on swift-nio and containerd's shim v2 / events protobuf
+        // (generated once by scripts/gen-protos.sh, committed).
+        .target(name: "KangarooShim", dependencies: [
+            "KangarooRuntime", "KangarooSystem",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            .product(name: "Logging", package: "swift-log"),
+        ], exclude: ["Protos"]),
 
         // Executables.
         .executableTarget(name: "kangaroo", dependencies: [
@@ -69,6 +79,7 @@ let package = Package(
         .testTarget(name: "KangarooFUSETests", dependencies: ["KangarooFUSE"]),
         .testTarget(name: "KangarooLazyFSTests", dependencies: ["KangarooLazyFS", "KangarooTestSupport"]),
         .testTarget(name: "KangarooRuntimeTests", dependencies: ["KangarooRuntime"]),
+        .testTarget(name: "KangarooShimTests", dependencies: ["KangarooShim", "KangarooTestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["KangarooOCI", "KangarooImage", "KangarooSystem", "KangarooTestSupport"]),
         // Shared by the test targets that drive the CLI: command runner, temporary
         // directories, a docker-registry on 127.0.0.1, tree comparison.

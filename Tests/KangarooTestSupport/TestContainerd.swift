@@ -1,0 +1,55 @@
+import Foundation
+import Testing
+
+/// A private containerd (Debian's 1.6) with its own root, state and sockets
+/// in a temporary directory: `extraConfig` is appended to its config.toml
+/// (runtimes, proxy plugins). The CRI plugin is disabled unless
+/// `cri` is set. Stopped, and its mounts removed, by `stop()` or at deinit.
+public final class TestContainerd: @unchecked Sendable {
+    public let dir: TempDir
+    public let process = Process()
+    public var socket: String { dir.sub("containerd.sock") }
+    public var ttrpcSocket: String { dir.sub("containerd.sock.ttrpc") }
+    public var ctr: [String] { ["--address", socket] }
+
+    public init(extraConfig: String = "", cri: Bool = false) throws {
+        dir = try TempDir("containerd")
+        let config = """
+        version = 2
+        root = "\(dir.sub("root"))"
+        state = "\(dir.sub("state"))"
+        \(cri ? "" : "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]")
+        [grpc]
+          address = "\(socket)"
+        [ttrpc]
+          address = "\(ttrpcSocket)"
+        \(extraConfig)
+        """
+        try config.write(toFile: dir.sub("config.toml"), atomically: true, encoding: .utf8)
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/containerd")
+        process.arguments = ["--config", dir.sub("config.toml")]
+        process.standardOutput = FileHandle.nullDevice
+        FileManager.default.createFile(atPath: dir.sub("log"), contents: nil)
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.sub("log")))
+        try process.run()
+        for _ in 0..<200 {
+            if FileManager.default.fileExists(atPath: ttrpcSocket),
+               try run("/usr/bin/ctr", ctr + ["version"]).status == 0 { return }
+            usleep(50_000)
+        }
+        stop()
+        throw NSError(domain: "TestContainerd", code: 1, userInfo: [NSLocalizedDescriptionKey: "containerd did not start: \(log.suffix(2000))"])
+    }
+
+    public var log: String { (try? String(contentsOfFile: dir.sub("log"), encoding: .utf8)) ?? "" }
+
+    public func stop() {
+        guard process.isRunning else { return }
+        process.terminate()
+        for _ in 0..<100 where process.isRunning { usleep(50_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+
+    deinit { stop() }
+}
