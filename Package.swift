@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .executable(name: "kangaroo", targets: ["kangaroo"]),
         .executable(name: "kangaroo-runtime", targets: ["kangaroo-runtime"]),
+        .executable(name: "containerd-shim-kangaroo-v2", targets: ["containerd-shim-kangaroo-v2"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -60,13 +61,17 @@ let package = Package(
 
         // Executables.
         .executableTarget(name: "kangaroo", dependencies: [
-            "KangarooOCI", "KangarooImage", "KangarooLazyFS", "KangarooSystem",
+            "KangarooOCI", "KangarooImage", "KangarooLazyFS", "KangarooSystem", "KangarooShim",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The runtime is started for every container operation: linked with
         // the Swift runtime inside (no dynamic libswiftCore & co. to load and
         // relocate), so that the README's release build is the fast one.
+        .executableTarget(name: "containerd-shim-kangaroo-v2", dependencies: [
+            "KangarooShim", "KangarooRuntime", "KangarooSystem",
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        ]),
         .executableTarget(name: "kangaroo-runtime", dependencies: ["KangarooRuntime"],
                           linkerSettings: [.unsafeFlags(["-static-stdlib"], .when(configuration: .release))]),
 

@@ -46,6 +46,21 @@ int kr_memfd_create(const char *name, unsigned int flags) {
     return (int)syscall(SYS_memfd_create, name, flags);
 }
 
+pid_t kr_peek_exited(void) {
+    siginfo_t info;
+    memset(&info, 0, sizeof(info));
+    if (waitid(P_ALL, 0, &info, WEXITED | WNOWAIT) < 0) return errno == ECHILD ? 0 : -errno;
+    return info.si_pid;
+}
+
+int kr_try_reap(pid_t pid, int *status) {
+    pid_t r = waitpid(pid, status, WNOHANG);
+    if (r < 0) return -errno;
+    return r == pid ? 1 : 0;
+}
+
+int kr_set_child_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0 ? -errno : 0; }
+
 int kr_wifexited(int s) { return WIFEXITED(s); }
 int kr_wexitstatus(int s) { return WEXITSTATUS(s); }
 int kr_wifsignaled(int s) { return WIFSIGNALED(s); }
@@ -598,6 +613,11 @@ static void child_main(const struct kr_init_config *c) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+    // Explicit stdio (a shim's fifos) replaces what the caller had.
+    for (int i = 0; i < 3; i++) {
+        if (c->stdio_fds[i] < 0 || c->stdio_fds[i] == i) continue;
+        if (dup2(c->stdio_fds[i], i) < 0) die("dup2 stdio %d", i);
+    }
     // 'G' may carry the container state JSON (with our pid) for hooks.
     static char go[65536];
     ssize_t gn;

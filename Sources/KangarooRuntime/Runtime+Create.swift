@@ -12,6 +12,9 @@ public struct CreateOptions: Sendable {
     public var preserveFDs: Int = 0
     public var noPivot = false
     public var detach = false
+    /// Descriptors for the container process's stdin, stdout and stderr
+    /// (-1: the caller's); the caller keeps and closes its own copies.
+    public var stdio: [Int32] = [-1, -1, -1]
     public init() {}
 }
 
@@ -21,9 +24,11 @@ extension Runtime {
         "uts": 0x0400_0000, "user": 0x1000_0000, "cgroup": 0x0200_0000, "time": 0x0000_0080,
     ]
 
-    /// runc `create`: sets the container up and leaves its init waiting on exec.fifo.
-    public func create(id: String, options: CreateOptions) throws(RuntimeError) {
-        _ = try launch(id: id, options: options, mode: KR_MODE_CREATE)
+    /// runc `create`: sets the container up and leaves its init waiting on
+    /// exec.fifo. Returns the init's pid; the caller is its parent.
+    @discardableResult
+    public func create(id: String, options: CreateOptions) throws(RuntimeError) -> Int32 {
+        try launch(id: id, options: options, mode: KR_MODE_CREATE).pid
     }
 
     /// runc `run`: create + start; unless detached, waits and returns the exit
@@ -43,7 +48,7 @@ extension Runtime {
         return Self.exitCode(status)
     }
 
-    static func exitCode(_ status: Int32) -> Int32 {
+    public static func exitCode(_ status: Int32) -> Int32 {
         if status < 0 { return 255 }
         if kr_wifexited(status) != 0 { return kr_wexitstatus(status) }
         if kr_wifsignaled(status) != 0 { return 128 + kr_wtermsig(status) }
@@ -204,6 +209,7 @@ extension Runtime {
         Self.fillProcess(&cfg, process, arena: arena)
         cfg.seccomp_filter = UnsafeRawPointer(arena.bytes(seccomp))
         cfg.seccomp_len = Int32(seccomp.count / 8)
+        cfg.stdio_fds = (options.stdio[0], options.stdio[1], options.stdio[2])
         cfg.sync_fd = pair[1]
         cfg.fifo_fd = fifoFD
         cfg.console_fd = consoleFD
@@ -226,14 +232,19 @@ extension Runtime {
         cleanup.removeCgroup = true
         try cgroup.apply(spec.linux.resources ?? Resources(), devices: spec.linux.devices, initial: true)
 
+        var ownPidNS: Int32 = -1
         if let joinedPid {
+            ownPidNS = open("/proc/thread-self/ns/pid", O_RDONLY | O_CLOEXEC)
             let fd = open(joinedPid, O_RDONLY | O_CLOEXEC)
             guard fd >= 0, kr_setns(fd, 0x2000_0000) == 0 else {
-                throw RuntimeError(.invalidConfig, "config.json: linux.namespaces: cannot join pid namespace \(joinedPid)", errno: errno)
+                let e = errno
+                Self.restorePidNamespace(ownPidNS)
+                throw RuntimeError(.invalidConfig, "config.json: linux.namespaces: cannot join pid namespace \(joinedPid)", errno: e)
             }
             close(fd)
         }
         let pid = withUnsafePointer(to: &cfg) { kr_spawn_init($0) }
+        Self.restorePidNamespace(ownPidNS)
         close(pair[1])
         guard pid > 0 else { throw RuntimeError(.system, "clone container init", errno: -pid) }
         cleanup.pid = pid
@@ -290,6 +301,15 @@ extension Runtime {
         }
         cleanup.disarm()
         return Launched(pid: pid, state: state, cgroup: cgroup)
+    }
+
+    /// Joining a pid namespace changes where this thread's children go (and
+    /// forbids it to start threads): a library caller such as the node
+    /// daemon gets its thread back as it was once the init is cloned.
+    static func restorePidNamespace(_ fd: Int32) {
+        guard fd >= 0 else { return }
+        _ = kr_setns(fd, 0x2000_0000)
+        close(fd)
     }
 
     /// `path` (absolute inside the container) below `root`.

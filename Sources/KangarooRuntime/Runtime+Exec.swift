@@ -19,6 +19,8 @@ public struct ExecOptions: Sendable {
     public var pidFile: String?
     public var noNewPrivileges = false
     public var preserveFDs = 0
+    /// As CreateOptions.stdio.
+    public var stdio: [Int32] = [-1, -1, -1]
     public init() {}
 }
 
@@ -26,6 +28,14 @@ extension Runtime {
     /// runc `exec`: runs a new process in a running container's namespaces
     /// and cgroup. Returns its exit code, or 0 when detached.
     public func exec(id: String, options: ExecOptions) throws(RuntimeError) -> Int32 {
+        let pid = try startExec(id: id, options: options)
+        if options.detach { return 0 }
+        return Self.exitCode(kr_wait_forwarding(pid))
+    }
+
+    /// Starts an exec process (it has run execve when this returns) and
+    /// returns its pid; the caller is its parent and reaps it.
+    public func startExec(id: String, options: ExecOptions) throws(RuntimeError) -> Int32 {
         let state = try load(id)
         let cg = cgroup(for: state)
         let status = state.status(cgroup: cg, stateDir: stateDir(id))
@@ -118,14 +128,20 @@ extension Runtime {
         Self.fillProcess(&cfg, process, arena: arena)
         cfg.seccomp_filter = UnsafeRawPointer(arena.bytes(seccomp))
         cfg.seccomp_len = Int32(seccomp.count / 8)
+        cfg.stdio_fds = (options.stdio[0], options.stdio[1], options.stdio[2])
         cfg.sync_fd = pair[1]
         cfg.fifo_fd = -1
         cfg.console_fd = consoleFD
         cfg.terminal = process.terminal && consoleFD >= 0 ? 1 : 0
         cfg.preserve_fds = Int32(options.preserveFDs)
 
-        if pidNS >= 0, kr_setns(pidNS, 0x2000_0000) != 0 { throw RuntimeError.sys("join pid namespace of \(id)") }
+        let ownPidNS = pidNS >= 0 ? open("/proc/thread-self/ns/pid", O_RDONLY | O_CLOEXEC) : -1
+        if pidNS >= 0, kr_setns(pidNS, 0x2000_0000) != 0 {
+            if ownPidNS >= 0 { close(ownPidNS) }
+            throw RuntimeError.sys("join pid namespace of \(id)")
+        }
         let pid = withUnsafePointer(to: &cfg) { kr_spawn_init($0) }
+        Self.restorePidNamespace(ownPidNS)
         close(pair[1])
         guard pid > 0 else { throw RuntimeError(.system, "clone exec process", errno: -pid) }
         func fail(_ e: RuntimeError) -> RuntimeError {
@@ -159,7 +175,6 @@ extension Runtime {
                 throw RuntimeError(.system, "write pid file \(pidFile)", errno: error.rawValue)
             }
         }
-        if options.detach { return 0 }
-        return Self.exitCode(kr_wait_forwarding(pid))
+        return pid
     }
 }

@@ -47,6 +47,12 @@ public struct Runtime: Sendable {
         }
     }
 
+    /// The container's cgroup (nil when it has none or is unknown).
+    public func cgroup(id: String) -> Cgroup? {
+        guard let state = try? load(id) else { return nil }
+        return cgroup(for: state)
+    }
+
     func cgroup(for state: ContainerState) -> Cgroup? {
         guard !state.cgroupPath.isEmpty, let layout = try? CgroupLayout.detect() else { return nil }
         return Cgroup(layout: layout, path: state.cgroupPath)

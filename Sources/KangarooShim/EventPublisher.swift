@@ -14,10 +14,36 @@ public actor EventPublisher {
     let attempts: Int
     private var client: TTRPCClient?
 
+    private nonisolated let queue: AsyncStream<Queued>.Continuation
+    private let queued: AsyncStream<Queued>
+    private var draining = false
+
+    struct Queued: Sendable {
+        var namespace: String
+        var topic: Topic
+        var event: any SwiftProtobuf.Message & Sendable
+    }
+
     public init(address: String, logger: Logger, attempts: Int = 3) {
         self.address = address
         self.logger = logger
         self.attempts = attempts
+        (queued, queue) = AsyncStream.makeStream(of: Queued.self)
+    }
+
+    /// Queues an event; queued events are published one after the other, in
+    /// the order they were posted, without making the poster wait.
+    public nonisolated func post(namespace: String, topic: Topic, event: some SwiftProtobuf.Message & Sendable) {
+        queue.yield(Queued(namespace: namespace, topic: topic, event: event))
+        Task { await self.drain() }
+    }
+
+    private func drain() async {
+        guard !draining else { return }
+        draining = true
+        for await item in queued {
+            try? await publish(namespace: item.namespace, topic: item.topic, event: item.event)
+        }
     }
 
     /// Topics of containerd's runtime events (runtime/events.go).

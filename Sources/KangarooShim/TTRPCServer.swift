@@ -8,11 +8,19 @@ import Synchronization
 import Glibc
 #endif
 
+/// What a request carries besides its payload: the ttrpc metadata
+/// (containerd sends its namespace as "containerd-namespace-ttrpc").
+public struct TTRPCRequestContext: Sendable {
+    public var metadata: [(key: String, value: String)]
+    public init(metadata: [(key: String, value: String)] = []) { self.metadata = metadata }
+    public func value(_ key: String) -> String? { metadata.first { $0.key == key }?.value }
+}
+
 /// One ttrpc service: its full name ("containerd.task.v2.Task") and a handler
 /// for each method's serialized request, returning the serialized response.
 public protocol TTRPCService: Sendable {
     var serviceName: String { get }
-    func handle(method: String, payload: [UInt8]) async throws -> [UInt8]
+    func handle(method: String, payload: [UInt8], context: TTRPCRequestContext) async throws -> [UInt8]
 }
 
 extension TTRPCService {
@@ -113,7 +121,8 @@ final class TTRPCServerHandler: ChannelInboundHandler, Sendable {
             return fail(ShimError(.unimplemented, "service \(request.service) is not served here"))
         }
         do {
-            response.payload = Data(try await service.handle(method: request.method, payload: [UInt8](request.payload)))
+            let context = TTRPCRequestContext(metadata: request.metadata.map { ($0.key, $0.value) })
+            response.payload = Data(try await service.handle(method: request.method, payload: [UInt8](request.payload), context: context))
             return response
         } catch let e as ShimError {
             if e.code != .notFound && e.code != .unimplemented {

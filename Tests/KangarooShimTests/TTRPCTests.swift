@@ -44,7 +44,7 @@ import Testing
 /// the code named in the request, Slow waits.
 struct EchoService: TTRPCService {
     var serviceName: String { "kangaroo.test.Echo" }
-    func handle(method: String, payload: [UInt8]) async throws -> [UInt8] {
+    func handle(method: String, payload: [UInt8], context: TTRPCRequestContext) async throws -> [UInt8] {
         switch method {
         case "Echo": return payload
         case "Fail": throw ShimError(.notFound, "no such thing: \(String(decoding: payload, as: UTF8.self))")

@@ -12,7 +12,7 @@ public final class TestContainerd: @unchecked Sendable {
     public var ttrpcSocket: String { dir.sub("containerd.sock.ttrpc") }
     public var ctr: [String] { ["--address", socket] }
 
-    public init(extraConfig: String = "", cri: Bool = false) throws {
+    public init(extraConfig: String = "", cri: Bool = false, environment: [String: String] = [:]) throws {
         dir = try TempDir("containerd")
         let config = """
         version = 2
@@ -28,6 +28,7 @@ public final class TestContainerd: @unchecked Sendable {
         try config.write(toFile: dir.sub("config.toml"), atomically: true, encoding: .utf8)
         process.executableURL = URL(fileURLWithPath: "/usr/bin/containerd")
         process.arguments = ["--config", dir.sub("config.toml")]
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
         process.standardOutput = FileHandle.nullDevice
         FileManager.default.createFile(atPath: dir.sub("log"), contents: nil)
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.sub("log")))

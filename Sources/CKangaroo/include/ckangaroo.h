@@ -111,6 +111,7 @@ struct kr_init_config {
     const void *seccomp_filter; // struct sock_filter[]
     int seccomp_len;            // number of sock_filter entries, 0 = none
 
+    int stdio_fds[3];           // descriptors for the process's 0, 1, 2; -1 = inherit
     int sync_fd;                // child's end of the socketpair
     int fifo_fd;                // O_PATH fd of exec.fifo (create mode), -1 otherwise
     int console_fd;             // connected console socket, -1 = none
@@ -145,6 +146,13 @@ int kr_memfd_create(const char *name, unsigned int flags);
 // Sends / receives one file descriptor over a unix socket (SCM_RIGHTS).
 int kr_send_fd(int sock, int fd);
 int kr_recv_fd(int sock);
+
+// Reaping: the pid of some exited child, left a zombie (waitid WNOWAIT,
+// blocking); 0 with no children; -errno. And the status of `pid` if it has
+// exited (reaped), 0 if it still runs, -errno.
+pid_t kr_peek_exited(void);
+int kr_try_reap(pid_t pid, int *status);
+int kr_set_child_subreaper(void);
 
 // Wait-status decoding (the macros are not importable into Swift).
 int kr_wifexited(int status);

@@ -1,0 +1,525 @@
+import Dispatch
+import Foundation
+import KangarooRuntime
+import KangarooSystem
+import Logging
+import SwiftProtobuf
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// containerd's shim v2 Task service (runtime/v2/task/shim.proto) for every
+/// task of every containerd namespace, in this one process: containers are
+/// made with KangarooRuntime as a library (this process is each init's
+/// parent and reaps it), stdio goes straight to containerd's fifos, and task
+/// events go to containerd through `events`.
+public actor TaskService: TTRPCService {
+    public nonisolated let serviceName = "containerd.task.v2.Task"
+    /// containerd's namespace header on every shim request.
+    static let namespaceKey = "containerd-namespace-ttrpc"
+
+    let stateRoot: String
+    let logger: Logger
+    let events: EventPublisher?
+    let reaper: Reaper
+    private var tasks: [Key: TaskRecord] = [:]
+
+    struct Key: Hashable, Sendable {
+        var namespace: String
+        var id: String
+    }
+
+    /// One process of a task: the init or an exec.
+    struct Process: Sendable {
+        enum State: Sendable, Equatable {
+            case created
+            case running
+            case stopped(exitStatus: UInt32, at: Date)
+        }
+        var pid: Int32 = 0
+        var state: State = .created
+        var stdin = "", stdout = "", stderr = ""
+        var terminal = false
+        /// Exec processes: the runtime-spec process JSON, until started.
+        var spec: [UInt8] = []
+        var waiters: [CheckedContinuation<(UInt32, Date), Never>] = []
+    }
+
+    /// A task: its init and exec processes, bundle and what Create mounted.
+    struct TaskRecord: Sendable {
+        enum State: Sendable { case created, running, paused, stopped }
+        var bundle: String
+        var rootfsMounted: String?
+        var state: State = .created
+        var initProcess: Process
+        var execs: [String: Process] = [:]
+    }
+
+    public init(stateRoot: String, events: EventPublisher?, reaper: Reaper, logger: Logger) {
+        self.stateRoot = stateRoot
+        self.events = events
+        self.reaper = reaper
+        self.logger = logger
+    }
+
+    nonisolated func runtime(_ namespace: String) -> Runtime {
+        Runtime(root: stateRoot + "/runtime/" + namespace)
+    }
+
+    /// Runs blocking runtime work (clone, waits on the init) off the
+    /// cooperative pool.
+    nonisolated func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { c in
+            DispatchQueue.global().async { c.resume(with: Result { try body() }) }
+        }
+    }
+
+    public nonisolated func handle(method: String, payload: [UInt8], context: TTRPCRequestContext) async throws -> [UInt8] {
+        let ns = context.value(Self.namespaceKey) ?? "default"
+        switch method {
+        case "Create": return try await unary(payload, Containerd_Task_V2_CreateTaskRequest.self) { try await self.create(ns, $0) }
+        case "Start": return try await unary(payload, Containerd_Task_V2_StartRequest.self) { try await self.start(ns, $0) }
+        case "State": return try await unary(payload, Containerd_Task_V2_StateRequest.self) { try await self.state(ns, $0) }
+        case "Wait": return try await unary(payload, Containerd_Task_V2_WaitRequest.self) { try await self.wait(ns, $0) }
+        case "Kill": return try await unary(payload, Containerd_Task_V2_KillRequest.self) { try await self.kill(ns, $0) }
+        case "Delete": return try await unary(payload, Containerd_Task_V2_DeleteRequest.self) { try await self.delete(ns, $0) }
+        case "Exec": return try await unary(payload, Containerd_Task_V2_ExecProcessRequest.self) { try await self.exec(ns, $0) }
+        case "Pids": return try await unary(payload, Containerd_Task_V2_PidsRequest.self) { try await self.pids(ns, $0) }
+        case "Pause": return try await unary(payload, Containerd_Task_V2_PauseRequest.self) { try await self.setPaused(ns, $0.id, true) }
+        case "Resume": return try await unary(payload, Containerd_Task_V2_ResumeRequest.self) { try await self.setPaused(ns, $0.id, false) }
+        case "Update": return try await unary(payload, Containerd_Task_V2_UpdateTaskRequest.self) { try await self.update(ns, $0) }
+        case "Stats": return try await unary(payload, Containerd_Task_V2_StatsRequest.self) { try await self.stats(ns, $0) }
+        case "Connect": return try await unary(payload, Containerd_Task_V2_ConnectRequest.self) { try await self.connect(ns, $0) }
+        case "CloseIO": return try await unary(payload, Containerd_Task_V2_CloseIORequest.self) { try await self.closeIO(ns, $0) }
+        case "Shutdown":
+            // One daemon serves every task of the node: it never exits on a
+            // task's Shutdown.
+            return try await unary(payload, Containerd_Task_V2_ShutdownRequest.self) { _ in Google_Protobuf_Empty() }
+        case "ResizePty":
+            return try await unary(payload, Containerd_Task_V2_ResizePtyRequest.self) { _ -> Google_Protobuf_Empty in
+                throw ShimError(.unimplemented, "ResizePty: terminals are not supported by this shim yet")
+            }
+        case "Checkpoint":
+            throw ShimError(.unimplemented, "Checkpoint is not supported by the kangaroo runtime")
+        default:
+            throw ShimError(.unimplemented, "containerd.task.v2.Task/\(method) is not implemented")
+        }
+    }
+
+    // MARK: - Lifecycle
+
+    func record(_ key: Key) throws(ShimError) -> TaskRecord {
+        guard let t = tasks[key] else { throw ShimError(.notFound, "task \(key.id) not found in namespace \(key.namespace)") }
+        return t
+    }
+
+    func create(_ ns: String, _ r: Containerd_Task_V2_CreateTaskRequest) async throws -> Containerd_Task_V2_CreateTaskResponse {
+        let key = Key(namespace: ns, id: r.id)
+        guard !r.id.isEmpty else { throw ShimError(.invalidArgument, "Create: empty task id") }
+        guard tasks[key] == nil else { throw ShimError(.alreadyExists, "task \(r.id) already exists in namespace \(ns)") }
+        guard !r.terminal else { throw ShimError(.unimplemented, "Create \(r.id): terminals are not supported by this shim yet") }
+        guard r.checkpoint.isEmpty else { throw ShimError(.unimplemented, "Create \(r.id): restore from a checkpoint is not supported") }
+        var undo = UndoList()
+        defer { undo.run() }
+        var mounted: String?
+        if !r.rootfs.isEmpty {
+            let target = r.bundle + "/rootfs"
+            try Self.mountRootfs(r.rootfs, at: target)
+            mounted = target
+            undo.add { Mounts.detachAll(under: [target]) }
+        }
+        let stdio = try Self.openStdio(stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, what: "task \(r.id)")
+        defer { for fd in stdio where fd > 2 { close(fd) } }
+        var options = CreateOptions()
+        options.bundle = r.bundle
+        options.stdio = stdio
+        let runtime = self.runtime(ns)
+        let id = r.id
+        let pid: Int32
+        do {
+            let opts = options
+            pid = try await blocking { try runtime.create(id: id, options: opts) }
+        } catch let e as RuntimeError {
+            throw ShimError(e.code == .invalidConfig || e.code == .unsupported ? .invalidArgument
+                            : e.code == .exists ? .alreadyExists : .failedPrecondition, "Create \(id): \(e)", underlying: e)
+        }
+        undo.disarm()
+        var process = Process(pid: pid)
+        process.stdin = r.stdin; process.stdout = r.stdout; process.stderr = r.stderr
+        tasks[key] = TaskRecord(bundle: r.bundle, rootfsMounted: mounted, initProcess: process)
+        watch(key, exec: nil, pid: pid)
+        logger.info("task created", metadata: ["namespace": "\(ns)", "container": "\(id)", "pid": "\(pid)"])
+        var event = Containerd_Events_TaskCreate()
+        event.containerID = id
+        event.bundle = r.bundle
+        event.rootfs = r.rootfs
+        event.io.stdin = r.stdin; event.io.stdout = r.stdout; event.io.stderr = r.stderr
+        event.pid = UInt32(pid)
+        events?.post(namespace: ns, topic: .create, event: event)
+        var response = Containerd_Task_V2_CreateTaskResponse()
+        response.pid = UInt32(pid)
+        return response
+    }
+
+    nonisolated func watch(_ key: Key, exec: String?, pid: Int32) {
+        reaper.watch(pid) { [weak self] _, status in
+            guard let self else { return }
+            Task { await self.exited(key, exec: exec, status: status) }
+        }
+    }
+
+    func exited(_ key: Key, exec: String?, status: Int32) {
+        guard var t = tasks[key] else { return }
+        let code = UInt32(bitPattern: Runtime.exitCode(status))
+        let at = Date()
+        var process = exec.map { t.execs[$0] } ?? t.initProcess
+        guard var p = process else { return }
+        p.state = .stopped(exitStatus: code, at: at)
+        for w in p.waiters { w.resume(returning: (code, at)) }
+        p.waiters = []
+        process = p
+        if let exec { t.execs[exec] = p } else { t.initProcess = p; t.state = .stopped }
+        tasks[key] = t
+        var event = Containerd_Events_TaskExit()
+        event.containerID = key.id
+        event.id = exec ?? key.id
+        event.pid = UInt32(p.pid)
+        event.exitStatus = code
+        event.exitedAt = Google_Protobuf_Timestamp(date: at)
+        events?.post(namespace: key.namespace, topic: .exit, event: event)
+        logger.info("process exited", metadata: ["namespace": "\(key.namespace)", "container": "\(key.id)",
+                                                 "exec": "\(exec ?? "")", "status": "\(code)"])
+    }
+
+    func start(_ ns: String, _ r: Containerd_Task_V2_StartRequest) async throws -> Containerd_Task_V2_StartResponse {
+        let key = Key(namespace: ns, id: r.id)
+        var t = try record(key)
+        let runtime = self.runtime(ns)
+        let id = r.id
+        var response = Containerd_Task_V2_StartResponse()
+        if r.execID.isEmpty {
+            guard t.initProcess.state == .created else { throw ShimError(.failedPrecondition, "task \(id) is already started") }
+            do { try await blocking { try runtime.start(id: id) } } catch {
+                throw ShimError(.failedPrecondition, "Start \(id): \(error)", underlying: error)
+            }
+            t = try record(key)
+            if t.initProcess.state == .created { t.initProcess.state = .running; t.state = .running }
+            tasks[key] = t
+            response.pid = UInt32(t.initProcess.pid)
+            var event = Containerd_Events_TaskStart()
+            event.containerID = id
+            event.pid = UInt32(t.initProcess.pid)
+            events?.post(namespace: ns, topic: .start, event: event)
+            return response
+        }
+        guard var p = t.execs[r.execID] else { throw ShimError(.notFound, "exec \(r.execID) of task \(id) not found") }
+        guard p.state == .created else { throw ShimError(.failedPrecondition, "exec \(r.execID) of task \(id) is already started") }
+        let stdio = try Self.openStdio(stdin: p.stdin, stdout: p.stdout, stderr: p.stderr, what: "exec \(r.execID)")
+        defer { for fd in stdio where fd > 2 { close(fd) } }
+        let specPath = stateRoot + "/exec-\(UUID().uuidString).json"
+        guard FileManager.default.createFile(atPath: specPath, contents: Data(p.spec)) else {
+            throw ShimError(.internalError, "cannot write the process spec of exec \(r.execID)")
+        }
+        defer { unlink(specPath) }
+        var options = ExecOptions()
+        options.processFile = specPath
+        options.detach = true
+        options.stdio = stdio
+        let pid: Int32
+        let opts = options
+        do { pid = try await blocking { try runtime.startExec(id: id, options: opts) } } catch {
+            throw ShimError(.failedPrecondition, "Start exec \(r.execID) of \(id): \(error)", underlying: error)
+        }
+        t = try record(key)
+        p = t.execs[r.execID] ?? p
+        p.pid = pid
+        p.state = .running
+        t.execs[r.execID] = p
+        tasks[key] = t
+        watch(key, exec: r.execID, pid: pid)
+        var event = Containerd_Events_TaskExecStarted()
+        event.containerID = id
+        event.execID = r.execID
+        event.pid = UInt32(pid)
+        events?.post(namespace: ns, topic: .execStarted, event: event)
+        response.pid = UInt32(pid)
+        return response
+    }
+
+    func exec(_ ns: String, _ r: Containerd_Task_V2_ExecProcessRequest) async throws -> Google_Protobuf_Empty {
+        let key = Key(namespace: ns, id: r.id)
+        var t = try record(key)
+        guard t.execs[r.execID] == nil else { throw ShimError(.alreadyExists, "exec \(r.execID) of task \(r.id) already exists") }
+        guard t.state != .stopped else { throw ShimError(.failedPrecondition, "task \(r.id) is stopped") }
+        guard !r.terminal else { throw ShimError(.unimplemented, "Exec \(r.execID): terminals are not supported by this shim yet") }
+        guard r.hasSpec, !r.spec.value.isEmpty else { throw ShimError(.invalidArgument, "Exec \(r.execID): no process spec") }
+        var p = Process()
+        p.stdin = r.stdin; p.stdout = r.stdout; p.stderr = r.stderr
+        p.spec = [UInt8](r.spec.value)
+        t.execs[r.execID] = p
+        tasks[key] = t
+        var event = Containerd_Events_TaskExecAdded()
+        event.containerID = r.id
+        event.execID = r.execID
+        events?.post(namespace: ns, topic: .execAdded, event: event)
+        return Google_Protobuf_Empty()
+    }
+
+    func wait(_ ns: String, _ r: Containerd_Task_V2_WaitRequest) async throws -> Containerd_Task_V2_WaitResponse {
+        let key = Key(namespace: ns, id: r.id)
+        var t = try record(key)
+        let current = r.execID.isEmpty ? t.initProcess : t.execs[r.execID]
+        guard var p = current else { throw ShimError(.notFound, "exec \(r.execID) of task \(r.id) not found") }
+        let result: (UInt32, Date)
+        if case .stopped(let code, let at) = p.state {
+            result = (code, at)
+        } else {
+            result = await withCheckedContinuation { c in
+                p.waiters.append(c)
+                if r.execID.isEmpty { t.initProcess = p } else { t.execs[r.execID] = p }
+                tasks[key] = t
+            }
+        }
+        var response = Containerd_Task_V2_WaitResponse()
+        response.exitStatus = result.0
+        response.exitedAt = Google_Protobuf_Timestamp(date: result.1)
+        return response
+    }
+
+    func kill(_ ns: String, _ r: Containerd_Task_V2_KillRequest) async throws -> Google_Protobuf_Empty {
+        let key = Key(namespace: ns, id: r.id)
+        let t = try record(key)
+        if !r.execID.isEmpty {
+            guard let p = t.execs[r.execID] else { throw ShimError(.notFound, "exec \(r.execID) of task \(r.id) not found") }
+            guard p.pid > 0, case .running = p.state else { throw ShimError(.notFound, "exec \(r.execID) of task \(r.id) is not running") }
+            guard Glibc.kill(p.pid, Int32(r.signal)) == 0 else {
+                throw ShimError(.notFound, "kill exec \(r.execID): \(String(cString: strerror(errno)))")
+            }
+            return Google_Protobuf_Empty()
+        }
+        if case .stopped = t.initProcess.state { throw ShimError(.notFound, "task \(r.id): process already finished") }
+        let runtime = self.runtime(ns)
+        let id = r.id, signal = Int32(r.signal), all = r.all
+        do { try await blocking { try runtime.kill(id: id, signal: signal, all: all) } } catch {
+            throw ShimError(.notFound, "Kill \(id): \(error)", underlying: error)
+        }
+        return Google_Protobuf_Empty()
+    }
+
+    func delete(_ ns: String, _ r: Containerd_Task_V2_DeleteRequest) async throws -> Containerd_Task_V2_DeleteResponse {
+        let key = Key(namespace: ns, id: r.id)
+        var t = try record(key)
+        var response = Containerd_Task_V2_DeleteResponse()
+        if !r.execID.isEmpty {
+            guard let p = t.execs[r.execID] else { throw ShimError(.notFound, "exec \(r.execID) of task \(r.id) not found") }
+            if case .running = p.state { throw ShimError(.failedPrecondition, "exec \(r.execID) of task \(r.id) is running") }
+            t.execs[r.execID] = nil
+            tasks[key] = t
+            response.pid = UInt32(p.pid)
+            if case .stopped(let code, let at) = p.state {
+                response.exitStatus = code
+                response.exitedAt = Google_Protobuf_Timestamp(date: at)
+            }
+            return response
+        }
+        if case .running = t.initProcess.state { throw ShimError(.failedPrecondition, "task \(r.id) is running: kill it first") }
+        let runtime = self.runtime(ns)
+        let id = r.id
+        do { try await blocking { try runtime.delete(id: id, force: true) } } catch let e as RuntimeError where e.code == .notFound {
+        } catch {
+            throw ShimError(.failedPrecondition, "Delete \(id): \(error)", underlying: error)
+        }
+        if let target = t.rootfsMounted {
+            let left = Mounts.detachAll(under: [target])
+            if !left.isEmpty { logger.warning("cannot unmount", metadata: ["container": "\(id)", "mounts": "\(left)"]) }
+        }
+        t = tasks.removeValue(forKey: key) ?? t
+        response.pid = UInt32(t.initProcess.pid)
+        var code: UInt32 = 137
+        var at = Date()
+        if case .stopped(let c, let a) = t.initProcess.state { code = c; at = a }
+        response.exitStatus = code
+        response.exitedAt = Google_Protobuf_Timestamp(date: at)
+        // Waiters of a task deleted before it ran.
+        for w in t.initProcess.waiters { w.resume(returning: (code, at)) }
+        var event = Containerd_Events_TaskDelete()
+        event.containerID = id
+        event.id = id
+        event.pid = response.pid
+        event.exitStatus = code
+        event.exitedAt = response.exitedAt
+        events?.post(namespace: ns, topic: .delete, event: event)
+        logger.info("task deleted", metadata: ["namespace": "\(ns)", "container": "\(id)"])
+        return response
+    }
+
+    func state(_ ns: String, _ r: Containerd_Task_V2_StateRequest) async throws -> Containerd_Task_V2_StateResponse {
+        let t = try record(Key(namespace: ns, id: r.id))
+        let current = r.execID.isEmpty ? t.initProcess : t.execs[r.execID]
+        guard let p = current else { throw ShimError(.notFound, "exec \(r.execID) of task \(r.id) not found") }
+        var s = Containerd_Task_V2_StateResponse()
+        s.id = r.id
+        s.execID = r.execID
+        s.bundle = t.bundle
+        s.pid = UInt32(p.pid)
+        s.stdin = p.stdin; s.stdout = p.stdout; s.stderr = p.stderr
+        s.terminal = p.terminal
+        switch p.state {
+        case .created: s.status = .created
+        case .running: s.status = r.execID.isEmpty && t.state == .paused ? .paused : .running
+        case .stopped(let code, let at):
+            s.status = .stopped
+            s.exitStatus = code
+            s.exitedAt = Google_Protobuf_Timestamp(date: at)
+        }
+        return s
+    }
+
+    func pids(_ ns: String, _ r: Containerd_Task_V2_PidsRequest) async throws -> Containerd_Task_V2_PidsResponse {
+        _ = try record(Key(namespace: ns, id: r.id))
+        let runtime = self.runtime(ns)
+        let id = r.id
+        let pids = try await blocking { try runtime.pids(id: id) }
+        var response = Containerd_Task_V2_PidsResponse()
+        response.processes = pids.map { pid in
+            var info = Containerd_V1_Types_ProcessInfo()
+            info.pid = UInt32(pid)
+            return info
+        }
+        return response
+    }
+
+    func setPaused(_ ns: String, _ id: String, _ paused: Bool) async throws -> Google_Protobuf_Empty {
+        let key = Key(namespace: ns, id: id)
+        var t = try record(key)
+        guard t.state == (paused ? .running : .paused) else {
+            throw ShimError(.failedPrecondition, "task \(id) is not \(paused ? "running" : "paused")")
+        }
+        let runtime = self.runtime(ns)
+        do { try await blocking { try runtime.setPaused(id: id, paused) } } catch {
+            throw ShimError(.failedPrecondition, "\(paused ? "Pause" : "Resume") \(id): \(error)", underlying: error)
+        }
+        t = try record(key)
+        t.state = paused ? .paused : .running
+        tasks[key] = t
+        if paused {
+            var event = Containerd_Events_TaskPaused()
+            event.containerID = id
+            events?.post(namespace: ns, topic: .paused, event: event)
+        } else {
+            var event = Containerd_Events_TaskResumed()
+            event.containerID = id
+            events?.post(namespace: ns, topic: .resumed, event: event)
+        }
+        return Google_Protobuf_Empty()
+    }
+
+    func update(_ ns: String, _ r: Containerd_Task_V2_UpdateTaskRequest) async throws -> Google_Protobuf_Empty {
+        _ = try record(Key(namespace: ns, id: r.id))
+        // containerd sends the runtime-spec LinuxResources as JSON in the Any.
+        let text = String(decoding: r.resources.value, as: UTF8.self)
+        let resources: Resources
+        do { resources = try Resources.parse(text, document: "resources") } catch {
+            throw ShimError(.invalidArgument, "Update \(r.id): \(error)", underlying: error)
+        }
+        let runtime = self.runtime(ns)
+        let id = r.id
+        do { try await blocking { try runtime.update(id: id, resources: resources) } } catch let e as RuntimeError {
+            throw ShimError(e.code == .invalidConfig || e.code == .unsupported ? .invalidArgument : .failedPrecondition,
+                            "Update \(id): \(e)", underlying: e)
+        }
+        return Google_Protobuf_Empty()
+    }
+
+    func stats(_ ns: String, _ r: Containerd_Task_V2_StatsRequest) async throws -> Containerd_Task_V2_StatsResponse {
+        _ = try record(Key(namespace: ns, id: r.id))
+        guard let cg = runtime(ns).cgroup(id: r.id) else { throw ShimError(.notFound, "task \(r.id) has no cgroup") }
+        func value(_ controller: String, _ file: String) -> UInt64 {
+            UInt64((cg.get(controller, file) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        }
+        var m = Io_Containerd_Cgroups_V1_Metrics()
+        m.pids.current = value("pids", "pids.current")
+        m.pids.limit = value("pids", "pids.max")
+        m.memory.usage.usage = value("memory", "memory.usage_in_bytes")
+        m.memory.usage.limit = value("memory", "memory.limit_in_bytes")
+        m.memory.usage.max = value("memory", "memory.max_usage_in_bytes")
+        m.memory.usage.failcnt = value("memory", "memory.failcnt")
+        m.cpu.usage.total = value("cpuacct", "cpuacct.usage")
+        m.cpu.usage.user = value("cpuacct", "cpuacct.usage_user")
+        m.cpu.usage.kernel = value("cpuacct", "cpuacct.usage_sys")
+        var any = Google_Protobuf_Any()
+        any.typeURL = Io_Containerd_Cgroups_V1_Metrics.protoMessageName
+        any.value = try m.serializedData()
+        var response = Containerd_Task_V2_StatsResponse()
+        response.stats = any
+        return response
+    }
+
+    func connect(_ ns: String, _ r: Containerd_Task_V2_ConnectRequest) async throws -> Containerd_Task_V2_ConnectResponse {
+        let t = try record(Key(namespace: ns, id: r.id))
+        var response = Containerd_Task_V2_ConnectResponse()
+        response.shimPid = UInt32(getpid())
+        response.taskPid = UInt32(t.initProcess.pid)
+        response.version = "kangaroo"
+        return response
+    }
+
+    func closeIO(_ ns: String, _ r: Containerd_Task_V2_CloseIORequest) async throws -> Google_Protobuf_Empty {
+        // The processes hold containerd's stdin fifo themselves: nothing of
+        // ours to close; containerd closes its writer.
+        _ = try record(Key(namespace: ns, id: r.id))
+        return Google_Protobuf_Empty()
+    }
+
+    // MARK: - Mounts and stdio
+
+    /// Mounts containerd's rootfs mounts (from its snapshotter) at `target`.
+    static func mountRootfs(_ mounts: [Containerd_Types_Mount], at target: String) throws(ShimError) {
+        if !FileSystem.isDirectory(target) {
+            do { try FileSystem.makeDirectories(target, mode: 0o711) } catch {
+                throw ShimError(.failedPrecondition, "create rootfs directory \(target): \(error)")
+            }
+        }
+        for m in mounts {
+            var (flags, _, data) = MountOptions.parse(m.options)
+            if m.type == "bind" { flags |= UInt(MS_BIND) }
+            let rc = mount(m.source, target, m.type == "bind" ? nil : m.type, flags, data.isEmpty ? nil : data)
+            guard rc == 0 else {
+                let e = errno
+                Mounts.detachAll(under: [target])
+                throw ShimError(.invalidArgument, "mount \(m.type) \(m.source) on \(target) (\(m.options.joined(separator: ","))): \(String(cString: strerror(e)))")
+            }
+        }
+    }
+
+    /// containerd's stdio fifos, opened for the process: stdin to read
+    /// (without waiting for a writer), stdout/stderr read-write so the open
+    /// never blocks and the reader sees EOF when the process exits. An empty
+    /// path is /dev/null.
+    static func openStdio(stdin: String, stdout: String, stderr: String, what: String) throws(ShimError) -> [Int32] {
+        var fds: [Int32] = []
+        func open1(_ path: String, _ flags: Int32) throws(ShimError) {
+            let fd = open(path.isEmpty ? "/dev/null" : path, flags | O_CLOEXEC)
+            guard fd >= 0 else {
+                let e = errno
+                for f in fds { close(f) }
+                throw ShimError(.invalidArgument, "\(what): open \(path): \(String(cString: strerror(e)))")
+            }
+            fds.append(fd)
+        }
+        try open1(stdin, O_RDONLY | O_NONBLOCK)
+        _ = fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) & ~O_NONBLOCK)
+        try open1(stdout, stdout.isEmpty ? O_WRONLY : O_RDWR)
+        try open1(stderr, stderr.isEmpty ? O_WRONLY : O_RDWR)
+        return fds
+    }
+}
+
+/// Steps to undo when a multi-step operation fails part way.
+struct UndoList {
+    private var steps: [() -> Void] = []
+    private var armed = true
+    mutating func add(_ step: @escaping () -> Void) { steps.append(step) }
+    mutating func disarm() { armed = false }
+    func run() { if armed { for s in steps.reversed() { s() } } }
+}

@@ -1,0 +1,145 @@
+// containerd-shim-kangaroo-v2: the small executable containerd starts for
+// runtime type io.containerd.kangaroo.v2, with containerd's shim v2 command
+// line. It runs no task itself: `start` makes sure the node daemon (`kangaroo
+// node`) runs, starting it detached if it does not, and hands containerd the
+// daemon's ttrpc address; `delete` cleans up a bundle whose task is gone.
+//
+//   containerd-shim-kangaroo-v2 -namespace NS -address ADDR -publish-binary BIN -id ID start
+//   containerd-shim-kangaroo-v2 -namespace NS -address ADDR -publish-binary BIN -id ID -bundle DIR delete
+//
+// KANGAROO_SHIM_SOCKET, KANGAROO_NODE_STATE and KANGAROO_BIN move the
+// daemon's socket, state and binary (tests use them).
+import Foundation
+import KangarooRuntime
+import KangarooShim
+import KangarooSystem
+import SwiftProtobuf
+#if canImport(Glibc)
+import Glibc
+#endif
+
+let env = ProcessInfo.processInfo.environment
+let socketPath = env["KANGAROO_SHIM_SOCKET"] ?? "/run/kangaroo/shim.sock"
+let statePath = env["KANGAROO_NODE_STATE"] ?? "/run/kangaroo/node"
+
+func fail(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("containerd-shim-kangaroo-v2: \(message)\n".utf8))
+    exit(1)
+}
+
+/// containerd's flags (Go style: -name value, --name value, -name=value).
+struct Arguments {
+    var flags: [String: String] = [:]
+    var action = ""
+    init(_ argv: [String]) {
+        let valued: Set<String> = ["namespace", "address", "publish-binary", "id", "bundle", "socket"]
+        var i = 0
+        while i < argv.count {
+            let a = argv[i]
+            if a.hasPrefix("-") {
+                var name = String(a.drop { $0 == "-" })
+                var value: String?
+                if let eq = name.firstIndex(of: "=") { value = String(name[name.index(after: eq)...]); name = String(name[..<eq]) }
+                if valued.contains(name), value == nil, i + 1 < argv.count { i += 1; value = argv[i] }
+                flags[name] = value ?? "true"
+            } else if action.isEmpty {
+                action = a
+            }
+            i += 1
+        }
+    }
+}
+
+func canConnect(_ path: String) -> Bool {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return false }
+    withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in bytes.enumerated() { raw[i] = b } }
+    return withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    } == 0
+}
+
+/// Starts `kangaroo node` in its own session, its output in the state
+/// directory's node.log, and waits for its readiness message on a pipe.
+func startDaemon() {
+    let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
+    let kangaroo = env["KANGAROO_BIN"] ?? ((exe as NSString).deletingLastPathComponent + "/kangaroo")
+    guard access(kangaroo, X_OK) == 0 else { fail("cannot start the node daemon: \(kangaroo) is not executable (set KANGAROO_BIN)") }
+    var pipeFDs: [Int32] = [-1, -1]
+    guard pipe(&pipeFDs) == 0 else { fail("pipe: \(String(cString: strerror(errno)))") }
+    _ = fcntl(pipeFDs[0], F_SETFD, FD_CLOEXEC)
+    _ = fcntl(pipeFDs[1], F_SETFD, FD_CLOEXEC)
+    let log = statePath + "/node.log"
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o640)
+    posix_spawn_file_actions_adddup2(&actions, 1, 2)
+    posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 3)
+    var attr = posix_spawnattr_t()
+    posix_spawnattr_init(&attr)
+    posix_spawnattr_setflags(&attr, Int16(0x80 /* POSIX_SPAWN_SETSID */))
+    var args = [kangaroo, "node", "--state", statePath, "--shim-socket", socketPath, "--ready-fd", "3"]
+    if let events = env["TTRPC_ADDRESS"] { args += ["--events", events] }
+    var cargs = args.map { strdup($0) } + [nil]
+    var pid: pid_t = 0
+    let rc = posix_spawn(&pid, kangaroo, &actions, &attr, &cargs, environ)
+    for a in cargs { free(a) }
+    posix_spawn_file_actions_destroy(&actions)
+    posix_spawnattr_destroy(&attr)
+    close(pipeFDs[1])
+    guard rc == 0 else { fail("cannot start \(kangaroo) node: \(String(cString: strerror(rc)))") }
+    var pfd = pollfd(fd: pipeFDs[0], events: Int16(POLLIN), revents: 0)
+    var buf = [UInt8](repeating: 0, count: 16)
+    let ready = poll(&pfd, 1, 10_000) == 1 && buf.withUnsafeMutableBytes { read(pipeFDs[0], $0.baseAddress, $0.count) } > 0
+    close(pipeFDs[0])
+    guard ready, String(decoding: buf, as: UTF8.self).hasPrefix("ready") else {
+        let tail = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").suffix(1500)
+        fail("the node daemon did not become ready within 10 s; its log \(log) ends:\n\(tail)")
+    }
+}
+
+let args = Arguments(Array(CommandLine.arguments.dropFirst()))
+if args.flags["v"] != nil || args.flags["version"] != nil {
+    print("containerd-shim-kangaroo-v2 (kangaroo 0.1.0), shim v2 API, ttrpc")
+    exit(0)
+}
+switch args.action {
+case "start":
+    do { try FileSystem.makeDirectories(statePath, mode: 0o711) } catch { fail("cannot create \(statePath): \(error)") }
+    // One shim at a time checks for and starts the daemon.
+    let lock = open(statePath + "/start.lock", O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
+    guard lock >= 0, flock(lock, LOCK_EX) == 0 else { fail("cannot lock \(statePath)/start.lock: \(String(cString: strerror(errno)))") }
+    if !canConnect(socketPath) { startDaemon() }
+    let address = "unix://" + socketPath
+    do { try FileSystem.replace(FileManager.default.currentDirectoryPath + "/address", address) } catch {
+        fail("cannot write the address file in \(FileManager.default.currentDirectoryPath): \(error)")
+    }
+    print(address)
+    close(lock)
+case "delete":
+    // containerd calls this when the task's shim connection is gone: remove
+    // what is left of the container and report it killed.
+    guard let id = args.flags["id"], !id.isEmpty else { fail("delete: -id is required") }
+    let namespace = args.flags["namespace"] ?? "default"
+    let bundle = args.flags["bundle"] ?? FileManager.default.currentDirectoryPath
+    do {
+        try Runtime(root: statePath + "/runtime/" + namespace).delete(id: id, force: true)
+    } catch where error.code == .notFound {
+    } catch {
+        fail("delete \(id): \(error)")
+    }
+    Mounts.detachAll(under: [bundle + "/rootfs"])
+    var response = Containerd_Task_V2_DeleteResponse()
+    response.exitStatus = 137
+    response.exitedAt = Google_Protobuf_Timestamp(date: Date())
+    let bytes: [UInt8] = (try? response.serializedBytes()) ?? []
+    FileHandle.standardOutput.write(Data(bytes))
+default:
+    fail("unknown action \"\(args.action)\": expected start or delete")
+}

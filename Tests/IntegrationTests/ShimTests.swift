@@ -1,0 +1,172 @@
+import Foundation
+import KangarooTestSupport
+import Testing
+
+/// containerd drives the node daemon as the shim v2 of its tasks
+/// (runtime io.containerd.kangaroo.v2): a private containerd, the sample
+/// image imported into it, `ctr` as the client, runc's shim as the oracle.
+@Suite("shim v2", .serialized, .enabled(if: TestEnv.enabled && FileManager.default.fileExists(atPath: "/usr/bin/containerd"),
+                                        "needs root, KANGAROO_INTEGRATION=1 and containerd"))
+final class ShimTests {
+    let node: TempDir
+    let containerd: TestContainerd
+    let kangaroo = ["--runtime", "io.containerd.kangaroo.v2"]
+    let image = "kangaroo.test/sample:latest"
+
+    init() throws {
+        node = try TempDir("node")
+        let bin = (TestEnv.kangaroo as NSString).deletingLastPathComponent
+        containerd = try TestContainerd(environment: [
+            "PATH": bin + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "KANGAROO_BIN": TestEnv.kangaroo,
+            "KANGAROO_SHIM_SOCKET": node.sub("shim.sock"),
+            "KANGAROO_NODE_STATE": node.sub("state"),
+        ])
+        let tar = containerd.dir.sub("sample.tar")
+        try run("/bin/tar", ["-C", TestEnv.images + "/sample", "-cf", tar, "."], check: true)
+        try run("/usr/bin/ctr", containerd.ctr + ["images", "import", "--index-name", image, tar], check: true)
+    }
+
+    deinit {
+        for pid in daemons() { kill(pid, SIGTERM) }
+        containerd.stop()
+        for _ in 0..<50 where !daemons().isEmpty { usleep(100_000) }
+        for pid in daemons() { kill(pid, SIGKILL) }
+    }
+
+    @discardableResult
+    func ctr(_ args: [String], check: Bool = false) throws -> CommandResult {
+        try run("/usr/bin/ctr", containerd.ctr + args, check: check)
+    }
+
+    /// The node daemons serving this test's socket.
+    func daemons() -> [Int32] {
+        let pids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap { Int32($0) } ?? []
+        return pids.filter { pid in
+            guard let d = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+            let cmd = String(decoding: d, as: UTF8.self)
+            return cmd.contains("node\u{0}") && cmd.contains(node.sub("shim.sock"))
+        }
+    }
+
+    /// Running containerd-shim-kangaroo-v2 processes: `start` exits once it
+    /// has handed containerd the daemon's address, so there are none.
+    func shimProcesses() -> Int {
+        let pids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap { Int32($0) } ?? []
+        return pids.filter { pid in
+            ((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe")) ?? "").hasSuffix("/containerd-shim-kangaroo-v2")
+        }.count
+    }
+
+    /// The STATUS column of `ctr task ls` for a task.
+    func status(_ id: String) throws -> String {
+        let line = try ctr(["task", "ls"]).stdout.split(separator: "\n").first { $0.hasPrefix(id + " ") }
+        return line?.split(separator: " ", omittingEmptySubsequences: true).last.map(String.init) ?? ""
+    }
+
+    func mountsBelow(_ dir: String) -> Int {
+        ((try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "").split(separator: "\n")
+            .filter { $0.contains(" " + dir + "/") }.count
+    }
+
+    @Test("ctr run --rm: the container's output and exit code, as under runc's shim")
+    func runRemovesAndReportsExitCode() throws {
+        let probe = "id; echo $PATH; ls /; cat /proc/self/cgroup | wc -l; exit 3"
+        let k = try ctr(["run", "--rm"] + kangaroo + [image, "k-rm", "sh", "-c", probe])
+        let r = try ctr(["run", "--rm", "--runtime", "io.containerd.runc.v2", image, "r-rm", "sh", "-c", probe])
+        #expect(k.status == 3, "\(k.output)")
+        #expect(r.status == 3, "\(r.output)")
+        #expect(k.stdout == r.stdout)
+        #expect(k.stdout.contains("uid=0(root)"))
+        #expect(try ctr(["task", "ls", "-q"]).stdout.isEmpty)
+        #expect(mountsBelow(containerd.dir.path) == 0)
+    }
+
+    @Test("one daemon serves every task: run -d, exec, ps, pause, resume, metrics, kill, delete")
+    func oneDaemonManyTasks() throws {
+        for i in 1...3 {
+            try ctr(["run", "-d"] + kangaroo + [image, "k-d\(i)", "sleep", "1000"], check: true)
+        }
+        #expect(daemons().count == 1)
+        #expect(shimProcesses() == 0)  // no process per task
+        let ls = try ctr(["task", "ls"]).stdout
+        #expect(ls.split(separator: "\n").filter { $0.contains("RUNNING") }.count == 3, "\(ls)")
+        let exec = try ctr(["task", "exec", "--exec-id", "e1", "k-d1", "sh", "-c", "echo in-exec; exit 5"])
+        #expect(exec.status == 5)
+        #expect(exec.stdout == "in-exec\n")
+        let ps = try ctr(["task", "ps", "k-d1"]).stdout
+        #expect(ps.split(separator: "\n").count >= 2, "\(ps)")
+        try ctr(["task", "pause", "k-d1"], check: true)
+        #expect(try status("k-d1") == "PAUSED")
+        try ctr(["task", "resume", "k-d1"], check: true)
+        #expect(try status("k-d1") == "RUNNING")
+        let metrics = try ctr(["task", "metrics", "k-d1"]).stdout
+        #expect(metrics.contains("pids.current") && metrics.contains("memory.usage_in_bytes"), "\(metrics)")
+        try ctr(["task", "kill", "-s", "KILL", "k-d1"], check: true)
+        for _ in 0..<50 where try status("k-d1") != "STOPPED" { usleep(100_000) }
+        #expect(try status("k-d1") == "STOPPED")
+        try ctr(["task", "delete", "k-d1"], check: true)
+        try ctr(["task", "delete", "-f", "k-d2"], check: true)
+        try ctr(["task", "delete", "-f", "k-d3"], check: true)
+        try ctr(["containers", "rm", "k-d1", "k-d2", "k-d3"], check: true)
+        #expect(try ctr(["task", "ls", "-q"]).stdout.isEmpty)
+        #expect(mountsBelow(containerd.dir.path) == 0)
+        // The daemon outlives its tasks and keeps no container state.
+        #expect(daemons().count == 1)
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: node.sub("state/runtime/default"))) ?? []
+        #expect(left.isEmpty, "\(left)")
+        // SIGTERM stops it (after an exec, whose thread joined a pid
+        // namespace); the next task's shim start brings up a new one.
+        for pid in daemons() { kill(pid, SIGTERM) }
+        for _ in 0..<50 where !daemons().isEmpty { usleep(100_000) }
+        #expect(daemons().isEmpty, "the node daemon ignored SIGTERM")
+        #expect(!FileManager.default.fileExists(atPath: node.sub("shim.sock")))
+        let again = try ctr(["run", "--rm"] + kangaroo + [image, "k-again", "echo", "again"])
+        #expect(again.stdout == "again\n", "\(again.output)")
+        #expect(daemons().count == 1)
+    }
+
+    @Test("task events reach containerd in order: create, start, exit, delete")
+    func eventsInOrder() throws {
+        let out = containerd.dir.sub("events.out")
+        FileManager.default.createFile(atPath: out, contents: nil)
+        let events = Process()
+        events.executableURL = URL(fileURLWithPath: "/usr/bin/ctr")
+        events.arguments = containerd.ctr + ["events"]
+        events.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
+        events.standardError = FileHandle.nullDevice
+        try events.run()
+        defer { events.terminate(); events.waitUntilExit() }
+        usleep(300_000)
+        try ctr(["run", "--rm"] + kangaroo + [image, "k-ev", "true"], check: true)
+        var topics: [String] = []
+        for _ in 0..<30 {
+            let text = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
+            topics = text.split(separator: "\n").filter { $0.contains("k-ev") }
+                .compactMap { line in line.split(separator: " ").first { $0.hasPrefix("/tasks/") }.map(String.init) }
+            if topics.contains("/tasks/delete") { break }
+            usleep(100_000)
+        }
+        #expect(topics == ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"], "\(topics)")
+    }
+
+    @Test("a command that does not exist fails with its name and leaves nothing")
+    func badCommandFailsClearly() throws {
+        let r = try ctr(["run", "--rm"] + kangaroo + [image, "k-bad", "/no/such/program"])
+        #expect(r.status != 0)
+        #expect(r.output.contains("/no/such/program"), "\(r.output)")
+        _ = try? ctr(["containers", "rm", "k-bad"])
+        #expect(try ctr(["task", "ls", "-q"]).stdout.isEmpty)
+        #expect(mountsBelow(containerd.dir.path) == 0)
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: node.sub("state/runtime/default"))) ?? []
+        #expect(left.isEmpty, "\(left)")
+    }
+
+    @Test("a terminal is refused with a clear error, not a hang")
+    func terminalIsRefused() throws {
+        let r = try run("/usr/bin/script", ["-qc", (["/usr/bin/ctr"] + containerd.ctr + ["run", "--rm", "-t"] + kangaroo + [image, "k-tty", "true"]).joined(separator: " "), "/dev/null"])
+        #expect(r.output.contains("terminals are not supported"), "\(r.output)")
+        _ = try? ctr(["containers", "rm", "k-tty"])
+        #expect(mountsBelow(containerd.dir.path) == 0)
+    }
+}
