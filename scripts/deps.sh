@@ -25,3 +25,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq >/dev/null
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# The CRI tests' client: PyPI's CRI v1 stubs and grpcio.
+if ! python3 -c "import cri_api.v1.api_pb2_grpc, grpc" 2>/dev/null; then
+    [ -t 2 ] && echo "deps: installing container-runtime-interface-api grpcio (PyPI)" >&2
+    python3 -m pip install -q --disable-pip-version-check container-runtime-interface-api grpcio >/dev/null 2>&1 \
+        || { echo "deps: pip install container-runtime-interface-api grpcio failed" >&2; exit 1; }
+fi

@@ -107,6 +107,11 @@ extension Runtime {
             throw RuntimeError(.system, "read /proc/self/mountinfo", errno: error.rawValue)
         }
         try HostSupport.check(spec, layout: layout)
+        if !spec.linux.namespaces.contains(where: { $0.type == "uts" }),
+           spec.hostname?.isEmpty == false || spec.domainname?.isEmpty == false {
+            // As runc: it would rename the host (or whoever shares its UTS namespace).
+            throw RuntimeError(.invalidConfig, "config.json: \(spec.hostname?.isEmpty == false ? "hostname" : "domainname"): setting it needs a private UTS namespace (add {\"type\": \"uts\"} to linux.namespaces)")
+        }
         let cgroup = CgroupFiles(Cgroup(layout: layout, path: Self.cgroupPath(spec.linux.cgroupsPath, id: id)))
 
         // State directory first: its existence is the lock on the id.

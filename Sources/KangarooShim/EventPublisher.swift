@@ -35,7 +35,7 @@ public actor EventPublisher {
     /// the order they were posted, without making the poster wait.
     public nonisolated func post(namespace: String, topic: Topic, event: some SwiftProtobuf.Message & Sendable) {
         queue.yield(Queued(namespace: namespace, topic: topic, event: event))
-        Task { await self.drain() }
+        Task(executorPreference: TTRPCServerHandler.executor) { await self.drain() }
     }
 
     private func drain() async {

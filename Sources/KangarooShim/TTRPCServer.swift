@@ -86,6 +86,8 @@ final class TTRPCServerHandler: ChannelInboundHandler, Sendable {
     let services: [String: any TTRPCService]
     let logger: Logger
 
+    static let executor = DispatchTaskExecutor(label: "kangaroo.ttrpc")
+
     init(services: [String: any TTRPCService], logger: Logger) {
         self.services = services
         self.logger = logger
@@ -97,7 +99,7 @@ final class TTRPCServerHandler: ChannelInboundHandler, Sendable {
         guard frame.kind == TTRPCFrame.Kind.request.rawValue else { return }
         let channel = context.channel
         let services = self.services, logger = self.logger
-        Task {
+        Task(executorPreference: Self.executor) {
             let response = await Self.respond(to: frame.data, services: services, logger: logger)
             let bytes: [UInt8] = (try? response.serializedBytes()) ?? []
             channel.writeAndFlush(TTRPCFrame(streamID: frame.streamID, kind: .response, data: bytes), promise: nil)

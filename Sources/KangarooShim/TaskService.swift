@@ -75,7 +75,17 @@ public actor TaskService: TTRPCService {
     }
 
     public nonisolated func handle(method: String, payload: [UInt8], context: TTRPCRequestContext) async throws -> [UInt8] {
-        let ns = context.value(Self.namespaceKey) ?? "default"
+        let ns: String
+        if let header = context.value(Self.namespaceKey) {
+            ns = header
+        } else {
+            // containerd sends its namespace header with some calls only
+            // (Create from CRI, not State from `ctr task ls`): every request
+            // has the task id as field 1, and ids are looked up in the
+            // namespaces tasks were created in.
+            let id = (try? Containerd_Task_V2_PidsRequest(serializedBytes: payload))?.id ?? ""
+            ns = await namespace(of: id) ?? "default"
+        }
         switch method {
         case "Create": return try await unary(payload, Containerd_Task_V2_CreateTaskRequest.self) { try await self.create(ns, $0) }
         case "Start": return try await unary(payload, Containerd_Task_V2_StartRequest.self) { try await self.start(ns, $0) }
@@ -107,6 +117,12 @@ public actor TaskService: TTRPCService {
     }
 
     // MARK: - Lifecycle
+
+    /// The namespace of the one task named `id`; nil when none or several.
+    func namespace(of id: String) -> String? {
+        let matches = tasks.keys.filter { $0.id == id }
+        return matches.count == 1 ? matches[0].namespace : nil
+    }
 
     func record(_ key: Key) throws(ShimError) -> TaskRecord {
         guard let t = tasks[key] else { throw ShimError(.notFound, "task \(key.id) not found in namespace \(key.namespace)") }

@@ -1,0 +1,111 @@
+import Foundation
+import KangarooTestSupport
+import Testing
+
+/// Pods through containerd's CRI plugin, as the kubelet drives them
+/// (scripts/cri-pod.py: PyPI's CRI v1 stubs), with the runtime handler
+/// `kangaroo` (io.containerd.kangaroo.v2) against `runc` as the oracle; host
+/// network pods (pod networks come with issue 10).
+@Suite("CRI", .serialized, .enabled(if: TestEnv.enabled && FileManager.default.fileExists(atPath: "/usr/bin/containerd"),
+                                    "needs root, KANGAROO_INTEGRATION=1 and containerd"))
+final class CRITests {
+    let node: TempDir
+    let containerd: TestContainerd
+    let image = "kangaroo.test/sample:latest"
+    var script: String { TestEnv.repoRoot + "/scripts/cri-pod.py" }
+
+    init() throws {
+        node = try TempDir("cri-node")
+        let bin = (TestEnv.kangaroo as NSString).deletingLastPathComponent
+        let cri = """
+        [plugins."io.containerd.grpc.v1.cri"]
+          sandbox_image = "kangaroo.test/pause:pause"
+          restrict_oom_score_adj = true
+          [plugins."io.containerd.grpc.v1.cri".containerd]
+            snapshotter = "overlayfs"
+            default_runtime_name = "runc"
+            [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+              runtime_type = "io.containerd.runc.v2"
+            [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kangaroo]
+              runtime_type = "io.containerd.kangaroo.v2"
+          [plugins."io.containerd.grpc.v1.cri".cni]
+            bin_dir = "/usr/lib/cni"
+            conf_dir = "\(node.sub("cni"))"
+        """
+        containerd = try TestContainerd(extraConfig: cri, cri: true, environment: [
+            "PATH": bin + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "KANGAROO_BIN": TestEnv.kangaroo,
+            "KANGAROO_SHIM_SOCKET": node.sub("shim.sock"),
+            "KANGAROO_NODE_STATE": node.sub("state"),
+        ])
+        // Named by their ref.name under a base name: kangaroo.test/pause:pause,
+        // kangaroo.test/sample:latest (no extra import-* names for CRI to trip on).
+        for (layout, base) in [("pause", "kangaroo.test/pause"), ("sample", "kangaroo.test/sample")] {
+            let tar = containerd.dir.sub(layout + ".tar")
+            try run("/bin/tar", ["-C", TestEnv.images + "/" + layout, "-cf", tar, "."], check: true)
+            try run("/usr/bin/ctr", containerd.ctr + ["-n", "k8s.io", "images", "import", "--base-name", base, tar], check: true)
+        }
+    }
+
+    deinit {
+        _ = try? run("python3", [script, containerd.socket, "--remove-all"])
+        for pid in daemons() { kill(pid, SIGTERM) }
+        containerd.stop()
+        for _ in 0..<50 where !daemons().isEmpty { usleep(100_000) }
+        for pid in daemons() { kill(pid, SIGKILL) }
+    }
+
+    func daemons() -> [Int32] {
+        let pids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap { Int32($0) } ?? []
+        return pids.filter { pid in
+            guard let d = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+            let cmd = String(decoding: d, as: UTF8.self)
+            return cmd.contains("node\u{0}") && cmd.contains(node.sub("shim.sock"))
+        }
+    }
+
+    func pod(_ handler: String, _ name: String, extra: [String] = []) throws -> [String: Any] {
+        let r = try run("python3", [script, containerd.socket, handler, image, name, "--log-dir", node.sub("logs/" + name)] + extra)
+        #expect(r.status == 0, "\(handler): \(r.output)")
+        return (try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]) ?? [:]
+    }
+
+    @Test("a pod's whole lifecycle observes the same under kangaroo as under runc")
+    func lifecycleMatchesRunc() throws {
+        var r = try pod("runc", "pod-r")
+        var k = try pod("kangaroo", "pod-k")
+        #expect(k["error"] == nil, "\(k)")
+        r["start_seconds"] = nil
+        k["start_seconds"] = nil
+        func canonical(_ o: [String: Any]) -> String {
+            String(decoding: (try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])) ?? Data(), as: UTF8.self)
+        }
+        #expect(canonical(k) == canonical(r), "kangaroo \(canonical(k))\nrunc \(canonical(r))")
+        #expect(k["sandbox_ready"] as? Bool == true)
+        #expect((k["exec"] as? [String: Any])?["exit_code"] as? Int == 3)
+        #expect(k["memory_limit_after_update"] as? String == "67108864")
+        #expect(k["pods_left"] as? Int == 0)
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: node.sub("state/runtime/k8s.io"))) ?? []
+        #expect(left.isEmpty, "container state left: \(left)")
+    }
+
+    @Test("several pods and containers share the one daemon, with no shim process")
+    func podsShareOneDaemon() throws {
+        for i in 0..<3 {
+            let p = try pod("kangaroo", "pod-many-\(i)", extra: ["--containers", "2", "--keep"])
+            #expect((p["containers"] as? [Any])?.count == 2, "\(p)")
+        }
+        #expect(daemons().count == 1)
+        let pids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap { Int32($0) } ?? []
+        let shims = pids.filter { ((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\($0)/exe")) ?? "").contains("containerd-shim") }
+        #expect(shims.isEmpty, "shim processes: \(shims)")
+        let tasks = try run("/usr/bin/ctr", containerd.ctr + ["-n", "k8s.io", "task", "ls"]).stdout
+        #expect(tasks.split(separator: "\n").filter { $0.contains("RUNNING") }.count == 9, "\(tasks)")  // 3 sandboxes + 6 containers
+        let removed = try run("python3", [script, containerd.socket, "--remove-all"])
+        #expect(removed.stdout.contains("\"removed\": 3"), "\(removed.output)")
+        #expect(try run("/usr/bin/ctr", containerd.ctr + ["-n", "k8s.io", "task", "ls", "-q"]).stdout.isEmpty)
+        let mounts = ((try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "")
+            .split(separator: "\n").filter { $0.contains(" " + containerd.dir.path + "/") }
+        #expect(mounts.isEmpty, "\(mounts)")
+    }
+}

@@ -1,0 +1,109 @@
+#!/bin/bash
+# bench/node: containerd with runc's shim against the kangaroo node daemon,
+# side by side in one private containerd (Debian's 1.6, overlayfs
+# snapshotter, the sample image imported from the test images).
+#
+#   bench/node/run.sh [RUNS]      (KANGAROO_BIN, default .build/release/kangaroo)
+#
+# Reports, per runtime: `ctr run --rm IMAGE ID /bin/true` (median and p95
+# over RUNS, default 30, the two runtimes alternating run by run), and host
+# memory per idle task: the PSS of every shim / daemon process divided by
+# the number of `sleep` tasks, with 1 and 10 tasks (and 50 with N50=1).
+# Not yet: the CRI pod figures of issue 9 (they need the CRI path and the
+# snapshotter, which are not built).
+set -euo pipefail
+RUNS=${1:-30}
+HERE=$(cd "$(dirname "$0")/../.." && pwd)
+K=${KANGAROO_BIN:-$HERE/.build/release/kangaroo}
+[ -x "$K" ] || { echo "build first: swift build -c release" >&2; exit 1; }
+BIN=$(dirname "$K")
+[ -x "$BIN/containerd-shim-kangaroo-v2" ] || { echo "no containerd-shim-kangaroo-v2 next to $K" >&2; exit 1; }
+IMAGES=${KANGAROO_TESTIMAGES:-/var/cache/kangaroo/testimages}
+[ -d "$IMAGES/sample" ] || bash "$HERE/scripts/testimages/build-all.sh" --sample-only >/dev/null
+W=$(mktemp -d /tmp/kangaroo-bench-node-XXXXXX)
+CTRD_PID=
+cleanup() {
+    set +e
+    for id in $(ctr --address $W/sock task ls -q 2>/dev/null); do ctr --address $W/sock task kill -s KILL $id; done 2>/dev/null
+    sleep 0.5
+    for id in $(ctr --address $W/sock containers ls -q 2>/dev/null); do
+        ctr --address $W/sock task delete -f $id >/dev/null 2>&1; ctr --address $W/sock containers rm $id >/dev/null 2>&1
+    done
+    pkill -TERM -f "kangaroo node --state $W/node" 2>/dev/null
+    [ -n "$CTRD_PID" ] && kill $CTRD_PID 2>/dev/null && wait $CTRD_PID 2>/dev/null
+    sleep 0.3
+    grep " $W/" /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r -n1 umount -l 2>/dev/null
+    rm -rf "$W"
+}
+trap cleanup EXIT
+cat > $W/config.toml <<CFG
+version = 2
+root = "$W/root"
+state = "$W/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$W/sock"
+[ttrpc]
+  address = "$W/sock.ttrpc"
+CFG
+PATH=$BIN:$PATH KANGAROO_BIN=$K KANGAROO_SHIM_SOCKET=$W/shim.sock KANGAROO_NODE_STATE=$W/node \
+    containerd --config $W/config.toml >$W/containerd.log 2>&1 &
+CTRD_PID=$!
+for _ in $(seq 100); do [ -S $W/sock.ttrpc ] && ctr --address $W/sock version >/dev/null 2>&1 && break; sleep 0.05; done
+C="ctr --address $W/sock"
+tar -C $IMAGES/sample -cf $W/sample.tar .
+$C images import --index-name kangaroo.test/sample:latest $W/sample.tar >/dev/null
+IMG=kangaroo.test/sample:latest
+RT_RUNC="--runtime io.containerd.runc.v2"
+RT_K="--runtime io.containerd.kangaroo.v2"
+# Warm up both (the first kangaroo run starts the daemon).
+$C run --rm $RT_RUNC $IMG warm-r true; $C run --rm $RT_K $IMG warm-k true
+
+ms() { date +%s%N; }
+: > $W/runc.ms; : > $W/kangaroo.ms
+for i in $(seq $RUNS); do
+    t0=$(ms); $C run --rm $RT_RUNC $IMG r$i /bin/true; t1=$(ms); echo $(( (t1 - t0) / 1000 )) >> $W/runc.ms
+    t0=$(ms); $C run --rm $RT_K $IMG k$i /bin/true; t1=$(ms); echo $(( (t1 - t0) / 1000 )) >> $W/kangaroo.ms
+done
+stat_line() {  # median and p95 of microsecond samples, in ms
+    sort -n "$1" | awk '{a[NR]=$1} END {m=a[int((NR+1)/2)]; p=a[int(NR*0.95+0.999)]; printf "%.1f %.1f", m/1000, p/1000}'
+}
+read rm rp <<<"$(stat_line $W/runc.ms)"
+read km kp <<<"$(stat_line $W/kangaroo.ms)"
+
+# PSS of the processes that serve tasks: runc's shims, or the node daemon.
+pss() {  # pids... -> total PSS in KiB
+    local t=0 p v
+    for p in "$@"; do v=$(awk '/^Pss:/ {s+=$2} END {print s+0}' /proc/$p/smaps_rollup 2>/dev/null || echo 0); t=$((t + v)); done
+    echo $t
+}
+shim_pids() {
+    case $1 in
+        runc) pgrep -f "containerd-shim-runc-v2 -namespace default -id" -d ' ' || true ;;
+        kangaroo) pgrep -f "kangaroo node --state $W/node" -d ' ' || true ;;
+    esac
+}
+mem_row() {  # runtime count
+    local r=$1 n=$2 rt
+    [ $r = runc ] && rt=$RT_RUNC || rt=$RT_K
+    for i in $(seq $n); do $C run -d $rt $IMG idle-$r-$i sleep 3600 >/dev/null; done
+    sleep 1
+    local total; total=$(pss $(shim_pids $r))
+    for i in $(seq $n); do $C task kill -s KILL idle-$r-$i >/dev/null 2>&1; done
+    sleep 0.5
+    for i in $(seq $n); do $C task delete -f idle-$r-$i >/dev/null 2>&1; $C containers rm idle-$r-$i >/dev/null 2>&1; done
+    awk -v t=$total -v n=$n 'BEGIN {printf "%.2f", t / n / 1024}'
+}
+COUNTS="1 10"
+[ "${N50:-0}" = 1 ] && COUNTS="1 10 50"
+CPU=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p')
+echo "bench/node: $RUNS runs each, alternating; $(nproc) cores, $CPU, load $(cut -d' ' -f1 /proc/loadavg)"
+echo
+echo "| measurement | runc shim (io.containerd.runc.v2) | kangaroo node daemon (io.containerd.kangaroo.v2) | kangaroo / runc |"
+echo "|---|---:|---:|---:|"
+echo "| ctr run --rm /bin/true, median ms | $rm | $km | $(awk -v a=$km -v b=$rm 'BEGIN {printf "%.2f", a/b}') |"
+echo "| ctr run --rm /bin/true, p95 ms | $rp | $kp | $(awk -v a=$kp -v b=$rp 'BEGIN {printf "%.2f", a/b}') |"
+for n in $COUNTS; do
+    r=$(mem_row runc $n); k=$(mem_row kangaroo $n)
+    echo "| PSS per idle task, $n task(s), MiB | $r | $k | $(awk -v a=$k -v b=$r 'BEGIN {printf "%.2f", a/b}') |"
+done

@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Drives one pod through containerd's CRI plugin as the kubelet does, and
+prints what it observed as JSON (one object), for the tests to compare
+between runtime handlers.
+
+    scripts/cri-pod.py SOCKET HANDLER IMAGE NAME [--containers N] [--keep]
+    scripts/cri-pod.py SOCKET --remove-all
+
+Steps: ImageStatus (the image is already in containerd's k8s.io namespace),
+RunPodSandbox (host network), CreateContainer + StartContainer for N
+containers, the container log file, ExecSync, ContainerStatus,
+UpdateContainerResources (memory limit, read back inside), ContainerStats,
+StopContainer, RemoveContainer, StopPodSandbox, RemovePodSandbox. With
+--keep the pod stays running and its sandbox id is printed instead.
+Uses PyPI's container-runtime-interface-api (CRI v1 stubs) and grpcio.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import grpc
+from cri_api.v1 import api_pb2 as cri
+from cri_api.v1 import api_pb2_grpc as cri_grpc
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("socket")
+    ap.add_argument("handler", nargs="?")
+    ap.add_argument("image", nargs="?")
+    ap.add_argument("name", nargs="?")
+    ap.add_argument("--remove-all", action="store_true", help="stop and remove every pod, print how many")
+    ap.add_argument("--containers", type=int, default=1)
+    ap.add_argument("--log-dir", default=None)
+    ap.add_argument("--keep", action="store_true")
+    a = ap.parse_args()
+
+    channel = grpc.insecure_channel("unix://" + a.socket)
+    rt = cri_grpc.RuntimeServiceStub(channel)
+    im = cri_grpc.ImageServiceStub(channel)
+    out = {}
+    if a.remove_all:
+        pods = rt.ListPodSandbox(cri.ListPodSandboxRequest()).items
+        for p in pods:
+            rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=p.id), timeout=60)
+            rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=p.id), timeout=60)
+        print(json.dumps({"removed": len(pods)}))
+        return
+    log_dir = a.log_dir or "/tmp/kangaroo-cri-logs/" + a.name
+    os.makedirs(log_dir, exist_ok=True)
+
+    # The image must already be in containerd's k8s.io namespace (imported by
+    # the caller): no PullImage, so nothing resolves a registry host name.
+    found = im.ImageStatus(cri.ImageStatusRequest(image=cri.ImageSpec(image=a.image)), timeout=30).image
+    if not found.id:
+        raise SystemExit("image %s is not in containerd's k8s.io namespace" % a.image)
+
+    t0 = time.monotonic()
+    pod_config = cri.PodSandboxConfig(
+        metadata=cri.PodSandboxMetadata(name=a.name, uid=a.name + "-uid", namespace="kangaroo-test", attempt=0),
+        # Host network: the pod shares the node's UTS namespace, so the
+        # kubelet sets no hostname (runc refuses one there).
+        log_directory=log_dir,
+        linux=cri.LinuxPodSandboxConfig(
+            security_context=cri.LinuxSandboxSecurityContext(
+                namespace_options=cri.NamespaceOption(network=cri.NODE, pid=cri.POD, ipc=cri.POD))),
+    )
+    pod = rt.RunPodSandbox(cri.RunPodSandboxRequest(config=pod_config, runtime_handler=a.handler), timeout=60).pod_sandbox_id
+    out["sandbox_ready"] = rt.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=pod)).status.state == cri.SANDBOX_READY
+
+    ids = []
+    for i in range(a.containers):
+        cfg = cri.ContainerConfig(
+            metadata=cri.ContainerMetadata(name="c%d" % i, attempt=0),
+            image=cri.ImageSpec(image=a.image),
+            command=["/bin/sh", "-c", "echo hello-from-c%d; echo to-stderr >&2; exec sleep 1000" % i],
+            log_path="c%d.log" % i,
+            linux=cri.LinuxContainerConfig(resources=cri.LinuxContainerResources(memory_limit_in_bytes=96 << 20)),
+        )
+        cid = rt.CreateContainer(cri.CreateContainerRequest(pod_sandbox_id=pod, config=cfg, sandbox_config=pod_config),
+                                 timeout=60).container_id
+        rt.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=60)
+        ids.append(cid)
+    out["start_seconds"] = time.monotonic() - t0
+    if a.keep:
+        print(json.dumps({"sandbox": pod, "containers": ids, "start_seconds": out["start_seconds"]}))
+        return
+
+    cid = ids[0]
+    log_text = ""
+    for _ in range(50):
+        try:
+            with open(os.path.join(log_dir, "c0.log")) as f:
+                log_text = f.read()
+        except FileNotFoundError:
+            pass
+        if "hello-from-c0" in log_text and "to-stderr" in log_text:
+            break
+        time.sleep(0.1)
+    # CRI log lines: "TIMESTAMP STREAM P|F MESSAGE": keep stream and message.
+    out["log"] = sorted(" ".join([l.split(" ")[1]] + l.split(" ")[3:]) for l in log_text.splitlines() if l)
+
+    ex = rt.ExecSync(cri.ExecSyncRequest(container_id=cid, cmd=["/bin/sh", "-c", "echo exec-out; echo exec-err >&2; exit 3"], timeout=10), timeout=30)
+    out["exec"] = {"stdout": ex.stdout.decode(), "stderr": ex.stderr.decode(), "exit_code": ex.exit_code}
+    st = rt.ContainerStatus(cri.ContainerStatusRequest(container_id=cid)).status
+    out["state_running"] = st.state == cri.CONTAINER_RUNNING
+
+    mem = rt.ExecSync(cri.ExecSyncRequest(container_id=cid, cmd=["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"], timeout=10), timeout=30)
+    out["memory_limit_inside"] = mem.stdout.decode().strip()
+    rt.UpdateContainerResources(cri.UpdateContainerResourcesRequest(
+        container_id=cid, linux=cri.LinuxContainerResources(memory_limit_in_bytes=64 << 20)), timeout=30)
+    mem = rt.ExecSync(cri.ExecSyncRequest(container_id=cid, cmd=["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"], timeout=10), timeout=30)
+    out["memory_limit_after_update"] = mem.stdout.decode().strip()
+
+    stats = rt.ContainerStats(cri.ContainerStatsRequest(container_id=cid), timeout=30).stats
+    out["stats_memory_nonzero"] = stats.memory.working_set_bytes.value > 0 or stats.memory.usage_bytes.value > 0
+
+    for c in ids:
+        rt.StopContainer(cri.StopContainerRequest(container_id=c, timeout=2), timeout=60)
+    st = rt.ContainerStatus(cri.ContainerStatusRequest(container_id=cid)).status
+    out["state_after_stop"] = cri.ContainerState.Name(st.state)
+    out["exit_code_after_stop"] = st.exit_code
+    for c in ids:
+        rt.RemoveContainer(cri.RemoveContainerRequest(container_id=c), timeout=60)
+    rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+    rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+    left = rt.ListPodSandbox(cri.ListPodSandboxRequest()).items
+    out["pods_left"] = len([p for p in left if p.id == pod])
+    print(json.dumps(out, sort_keys=True))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except grpc.RpcError as e:
+        print(json.dumps({"error": e.code().name, "details": e.details()}))
+        sys.exit(2)
