@@ -256,6 +256,28 @@ struct RuntimeNamespaceTests {
         #expect(!Harness.cgroupExists("/kangaroo-test-refused"))
     }
 
+    /// A hostname without a private UTS namespace would rename the host: refused, as runc does.
+    @Test func hostnameWithoutUTSNamespaceIsRefused() throws {
+        try Harness.ensureDeps()
+        let root = try Harness.tempDir("root")
+        let bundle = try Harness.bundle("nouts", args: ["true"]) { c in
+            if case let .array(ns)? = c["linux"]?["namespaces"] {
+                c.set(["linux", "namespaces"], .array(ns.filter { $0["type"] != .string("uts") }))
+            }
+            c.set(["hostname"], .string("not-the-host"))
+        }
+        defer { cleanup(bundle, root) }
+        var name = [CChar](repeating: 0, count: 256)
+        gethostname(&name, 255)
+        let r = try Harness.kr(root, ["run", "--bundle", bundle, "nouts"])
+        #expect(r.code == 1)
+        #expect(r.err.contains("config.json: hostname: setting it needs a private UTS namespace"), "\(r.err)")
+        var after = [CChar](repeating: 0, count: 256)
+        gethostname(&after, 255)
+        #expect(String(cString: after) == String(cString: name))
+        #expect(!FileManager.default.fileExists(atPath: root + "/nouts"))
+    }
+
     /// memory.kernelTCP reaches memory.kmem.tcp.limit_in_bytes.
     @Test func kernelTCPLimitIsApplied() throws {
         guard FileManager.default.fileExists(atPath: "/sys/fs/cgroup/memory/memory.kmem.tcp.limit_in_bytes") else { return }
