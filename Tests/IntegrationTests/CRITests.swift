@@ -16,7 +16,6 @@ final class CRITests {
 
     init() throws {
         node = try TempDir("cri-node")
-        let bin = (TestEnv.kangaroo as NSString).deletingLastPathComponent
         let cri = """
         [plugins."io.containerd.grpc.v1.cri"]
           sandbox_image = "kangaroo.test/pause:pause"
@@ -32,12 +31,7 @@ final class CRITests {
             bin_dir = "/usr/lib/cni"
             conf_dir = "\(node.sub("cni"))"
         """
-        containerd = try TestContainerd(extraConfig: cri, cri: true, environment: [
-            "PATH": bin + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin"),
-            "KANGAROO_BIN": TestEnv.kangaroo,
-            "KANGAROO_SHIM_SOCKET": node.sub("shim.sock"),
-            "KANGAROO_NODE_STATE": node.sub("state"),
-        ])
+        containerd = try TestContainerd.forKangaroo(node: node, extraConfig: cri, cri: true)
         // Named by their ref.name under a base name: kangaroo.test/pause:pause,
         // kangaroo.test/sample:latest (no extra import-* names for CRI to trip on).
         for (layout, base) in [("pause", "kangaroo.test/pause"), ("sample", "kangaroo.test/sample")] {
@@ -55,14 +49,7 @@ final class CRITests {
         for pid in daemons() { kill(pid, SIGKILL) }
     }
 
-    func daemons() -> [Int32] {
-        let pids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap { Int32($0) } ?? []
-        return pids.filter { pid in
-            guard let d = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
-            let cmd = String(decoding: d, as: UTF8.self)
-            return cmd.contains("node\u{0}") && cmd.contains(node.sub("shim.sock"))
-        }
-    }
+    func daemons() -> [Int32] { nodeDaemons(socket: node.sub("shim.sock")) }
 
     func pod(_ handler: String, _ name: String, extra: [String] = []) throws -> [String: Any] {
         let r = try run("python3", [script, containerd.socket, handler, image, name, "--log-dir", node.sub("logs/" + name)] + extra)

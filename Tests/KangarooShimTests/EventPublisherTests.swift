@@ -11,16 +11,8 @@ import Testing
 struct EventPublisherTests {
     @Test func containerdReceivesTaskEventsInOrder() async throws {
         let containerd = try TestContainerd()
-        let out = containerd.dir.sub("events.out")
-        FileManager.default.createFile(atPath: out, contents: nil)
-        let events = Process()
-        events.executableURL = URL(fileURLWithPath: "/usr/bin/ctr")
-        events.arguments = containerd.ctr + ["events"]
-        events.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
-        events.standardError = FileHandle.nullDevice
-        try events.run()
-        defer { events.terminate(); events.waitUntilExit() }
-        usleep(300_000)  // ctr subscribes
+        let events = try TestContainerd.EventLog(containerd)
+        defer { events.stop() }
 
         let publisher = EventPublisher(address: "unix://" + containerd.ttrpcSocket, logger: Logger(label: "test"))
         var start = Containerd_Events_TaskStart()
@@ -38,7 +30,7 @@ struct EventPublisherTests {
 
         var text = ""
         for _ in 0..<50 {
-            text = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
+            text = events.text
             if text.contains("/tasks/exit") { break }
             usleep(100_000)
         }

@@ -54,3 +54,55 @@ public final class TestContainerd: @unchecked Sendable {
 
     deinit { stop() }
 }
+
+extension TestContainerd {
+    /// A containerd whose shims find the node daemon at `node`'s socket and
+    /// state: the test's own `kangaroo` and `containerd-shim-kangaroo-v2`
+    /// first in its PATH.
+    public static func forKangaroo(node: TempDir, extraConfig: String = "", cri: Bool = false) throws -> TestContainerd {
+        let bin = (TestEnv.kangaroo as NSString).deletingLastPathComponent
+        return try TestContainerd(extraConfig: extraConfig, cri: cri, environment: [
+            "PATH": bin + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "KANGAROO_BIN": TestEnv.kangaroo,
+            "KANGAROO_SHIM_SOCKET": node.sub("shim.sock"),
+            "KANGAROO_NODE_STATE": node.sub("state"),
+        ])
+    }
+
+    /// `ctr events` running into a file until `stop()`: what containerd saw.
+    public final class EventLog: @unchecked Sendable {
+        let process = Process()
+        public let path: String
+
+        public init(_ containerd: TestContainerd) throws {
+            path = containerd.dir.sub("events-\(UUID().uuidString.prefix(6)).out")
+            FileManager.default.createFile(atPath: path, contents: nil)
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/ctr")
+            process.arguments = containerd.ctr + ["events"]
+            process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            usleep(300_000)  // ctr subscribes
+        }
+
+        public var text: String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
+
+        public func stop() {
+            guard process.isRunning else { return }
+            process.terminate()
+            process.waitUntilExit()
+        }
+
+        deinit { stop() }
+    }
+}
+
+/// `kangaroo node` processes serving the socket `socket`.
+public func nodeDaemons(socket: String) -> [Int32] {
+    let pids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap { Int32($0) } ?? []
+    return pids.filter { pid in
+        guard let d = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+        let cmd = String(decoding: d, as: UTF8.self)
+        return cmd.contains("node\u{0}") && cmd.contains(socket)
+    }
+}
