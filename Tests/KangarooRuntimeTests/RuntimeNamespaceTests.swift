@@ -74,10 +74,14 @@ struct RuntimeNamespaceTests {
         try Harness.ensureDeps()
         let root = try Harness.tempDir("root")
         let holder = try Harness.spawn(["/usr/bin/unshare", "--user", "--map-root-user", "--mount", "--uts", "--ipc", "--net",
-                                        "--pid", "--cgroup", "--time", "--fork", "/bin/sleep", "1000"])
-        defer { kill(holder, SIGKILL); var st: Int32 = 0; waitpid(holder, &st, 0) }
-        // The namespaces are those of unshare's child (the sleep).
+                                        "--pid", "--cgroup", "--time", "--fork", "--kill-child", "/bin/sleep", "1000"])
         var target: Int32 = 0
+        defer {
+            // The sleep is pid 1 of its own namespace: kill it, not only unshare.
+            if target > 0 { kill(target, SIGKILL) }
+            kill(holder, SIGKILL); var st: Int32 = 0; waitpid(holder, &st, 0)
+        }
+        // The namespaces are those of unshare's child (the sleep).
         for _ in 0..<300 {
             let children = (try? String(contentsOfFile: "/proc/\(holder)/task/\(holder)/children", encoding: .utf8)) ?? ""
             if let c = children.split(separator: " ").first.flatMap({ Int32($0) }),
