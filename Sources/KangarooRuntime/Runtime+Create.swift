@@ -360,7 +360,8 @@ extension Runtime {
         }
     }
 
-    static func connectUnix(_ path: String) throws(RuntimeError) -> Int32 {
+    /// A connected unix stream socket (close-on-exec) to `path`.
+    public static func connectUnix(_ path: String) throws(RuntimeError) -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw RuntimeError.sys("socket") }
         var addr = sockaddr_un()
