@@ -17,6 +17,9 @@ let package = Package(
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
     ],
     targets: [
         // C shims and Debian C libraries (system-library targets).
@@ -49,19 +52,33 @@ let package = Package(
         ]),
         .target(name: "KangarooLazyFS", dependencies: ["KangarooImage", "KangarooFUSE", "CKangaroo"]),
         .target(name: "KangarooRuntime", dependencies: ["KangarooSystem", "CSeccomp"]),
-        // ttrpc on swift-nio and containerd's shim v2 / events protobuf
+        // containerd's shim v2, events, snapshots and ttrpc messages
         // (generated once by scripts/gen-protos.sh, committed).
+        .target(name: "ContainerdAPI", dependencies: [
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        ], exclude: ["Protos"]),
+        // ttrpc on swift-nio and the shim v2 Task service.
         .target(name: "KangarooShim", dependencies: [
-            "KangarooRuntime", "KangarooSystem",
+            "ContainerdAPI", "KangarooRuntime", "KangarooSystem",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             .product(name: "Logging", package: "swift-log"),
-        ], exclude: ["Protos"]),
+        ]),
+        // containerd's remote snapshotter (gRPC Snapshots service): overlay
+        // snapshots, and Kangaroo image layers answered by a lazy mount.
+        .target(name: "KangarooSnapshotter", dependencies: [
+            "ContainerdAPI", "KangarooSystem", "KangarooLazyFS",
+            .product(name: "GRPCCore", package: "grpc-swift-2"),
+            .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+            .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
 
         // Executables.
         .executableTarget(name: "kangaroo", dependencies: [
-            "KangarooOCI", "KangarooImage", "KangarooLazyFS", "KangarooSystem", "KangarooShim",
+            "KangarooOCI", "KangarooImage", "KangarooLazyFS", "KangarooSystem", "KangarooShim", "KangarooSnapshotter",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -69,7 +86,7 @@ let package = Package(
         // the Swift runtime inside (no dynamic libswiftCore & co. to load and
         // relocate), so that the README's release build is the fast one.
         .executableTarget(name: "containerd-shim-kangaroo-v2", dependencies: [
-            "KangarooShim", "KangarooRuntime", "KangarooSystem",
+            "ContainerdAPI", "KangarooShim", "KangarooRuntime", "KangarooSystem",
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ]),
         .executableTarget(name: "kangaroo-runtime", dependencies: ["KangarooRuntime"],
@@ -84,7 +101,8 @@ let package = Package(
         .testTarget(name: "KangarooFUSETests", dependencies: ["KangarooFUSE"]),
         .testTarget(name: "KangarooLazyFSTests", dependencies: ["KangarooLazyFS", "KangarooTestSupport"]),
         .testTarget(name: "KangarooRuntimeTests", dependencies: ["KangarooRuntime"]),
-        .testTarget(name: "KangarooShimTests", dependencies: ["KangarooShim", "KangarooTestSupport"]),
+        .testTarget(name: "KangarooShimTests", dependencies: ["ContainerdAPI", "KangarooShim", "KangarooTestSupport"]),
+        .testTarget(name: "KangarooSnapshotterTests", dependencies: ["ContainerdAPI", "KangarooSnapshotter"]),
         .testTarget(name: "IntegrationTests", dependencies: ["KangarooOCI", "KangarooImage", "KangarooSystem", "KangarooTestSupport"]),
         // Shared by the test targets that drive the CLI: command runner, temporary
         // directories, a docker-registry on 127.0.0.1, tree comparison.

@@ -1,3 +1,4 @@
+import ContainerdAPI
 import Foundation
 import Logging
 import NIOCore

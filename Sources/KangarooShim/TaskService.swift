@@ -1,3 +1,4 @@
+import ContainerdAPI
 import Dispatch
 import Foundation
 import KangarooRuntime

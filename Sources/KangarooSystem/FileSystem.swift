@@ -46,6 +46,24 @@ public enum FileSystem {
         if rename(tmp, path) != 0 { throw Errno(rawValue: errno) }
     }
 
+    /// Replaces `path` so that after a crash it holds either the old or the
+    /// new contents: written to a temporary, fsynced, renamed, and the
+    /// directory fsynced.
+    public static func replaceDurably(_ path: String, _ data: String) throws(Errno) {
+        let tmp = path + ".tmp"
+        try write(tmp, data, flags: O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode: 0o600)
+        let fd = try retrying { open(tmp, O_RDONLY | O_CLOEXEC) }
+        let synced = fsync(fd)
+        _ = Glibc.close(fd)
+        if synced != 0 { throw Errno(rawValue: errno) }
+        if rename(tmp, path) != 0 { throw Errno(rawValue: errno) }
+        var dir = path
+        if let slash = dir.lastIndex(of: "/") { dir = slash == dir.startIndex ? "/" : String(dir[..<slash]) } else { dir = "." }
+        let dfd = try retrying { open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        _ = fsync(dfd)
+        _ = Glibc.close(dfd)
+    }
+
     public static func exists(_ path: String) -> Bool {
         access(path, F_OK) == 0
     }

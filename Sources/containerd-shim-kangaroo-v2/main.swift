@@ -9,6 +9,7 @@
 //
 // KANGAROO_SHIM_SOCKET, KANGAROO_NODE_STATE and KANGAROO_BIN move the
 // daemon's socket, state and binary (tests use them).
+import ContainerdAPI
 import Foundation
 import KangarooRuntime
 import KangarooShim
@@ -67,25 +68,14 @@ func startDaemon() {
     _ = fcntl(pipeFDs[0], F_SETFD, FD_CLOEXEC)
     _ = fcntl(pipeFDs[1], F_SETFD, FD_CLOEXEC)
     let log = statePath + "/node.log"
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o640)
-    posix_spawn_file_actions_adddup2(&actions, 1, 2)
-    posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 3)
-    var attr = posix_spawnattr_t()
-    posix_spawnattr_init(&attr)
-    posix_spawnattr_setflags(&attr, Int16(0x80 /* POSIX_SPAWN_SETSID */))
-    var args = [kangaroo, "node", "--state", statePath, "--shim-socket", socketPath, "--ready-fd", "3"]
+    var args = ["node", "--state", statePath, "--shim-socket", socketPath, "--ready-fd", "3"]
     if let events = env["TTRPC_ADDRESS"] { args += ["--events", events] }
-    var cargs = args.map { strdup($0) } + [nil]
-    var pid: pid_t = 0
-    let rc = posix_spawn(&pid, kangaroo, &actions, &attr, &cargs, environ)
-    for a in cargs { free(a) }
-    posix_spawn_file_actions_destroy(&actions)
-    posix_spawnattr_destroy(&attr)
+    let spawned: Result<pid_t, any Error>
+    do { spawned = .success(try Spawn.start(kangaroo, args, .init(log: log, fd3: pipeFDs[1], newSession: true))) } catch {
+        spawned = .failure(error)
+    }
     close(pipeFDs[1])
-    guard rc == 0 else { fail("cannot start \(kangaroo) node: \(String(cString: strerror(rc)))") }
+    if case .failure(let error) = spawned { fail("cannot start \(kangaroo) node: \(error)") }
     var pfd = pollfd(fd: pipeFDs[0], events: Int16(POLLIN), revents: 0)
     var buf = [UInt8](repeating: 0, count: 16)
     let ready = poll(&pfd, 1, 10_000) == 1 && buf.withUnsafeMutableBytes { read(pipeFDs[0], $0.baseAddress, $0.count) } > 0

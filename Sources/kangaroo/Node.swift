@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import KangarooShim
+import KangarooSnapshotter
 import KangarooSystem
 import Logging
 
@@ -11,15 +12,21 @@ import Logging
 struct NodeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "node",
-        abstract: "Run the node daemon: containerd's shim v2 Task service for every task of the node.")
+        abstract: "Run the node daemon: containerd's shim v2 Task service for every task and its remote snapshotter.")
 
     static let env = ProcessInfo.processInfo.environment
 
     @Option(name: .long, help: ArgumentHelp("Runtime state (container state, sockets).", valueName: "dir"))
     var state: String = env["KANGAROO_NODE_STATE"] ?? "/run/kangaroo/node"
 
+    @Option(name: .long, help: ArgumentHelp("Persistent data (snapshots, image store, chunk cache).", valueName: "dir"))
+    var root: String = env["KANGAROO_NODE_ROOT"] ?? "/var/lib/kangaroo/node"
+
     @Option(name: .long, help: ArgumentHelp("The ttrpc socket containerd's shim calls go to.", valueName: "path"))
     var shimSocket: String = env["KANGAROO_SHIM_SOCKET"] ?? "/run/kangaroo/shim.sock"
+
+    @Option(name: .long, help: ArgumentHelp("The gRPC socket of the snapshotter (containerd proxy plugin); \"none\": no snapshotter.", valueName: "path"))
+    var snapshotterSocket: String = env["KANGAROO_SNAPSHOTTER_SOCKET"] ?? "/run/kangaroo/snapshotter.sock"
 
     @Option(name: .long, help: ArgumentHelp("containerd's ttrpc address for task events (default: $TTRPC_ADDRESS).", valueName: "address"))
     var events: String? = env["TTRPC_ADDRESS"]
@@ -37,8 +44,12 @@ struct NodeCommand: AsyncParsableCommand {
         do {
             try FileSystem.makeDirectories(state, mode: 0o711)
             try FileSystem.makeDirectories((shimSocket as NSString).deletingLastPathComponent, mode: 0o711)
+            try FileSystem.makeDirectories(root, mode: 0o711)
+            if snapshotterSocket != "none" {
+                try FileSystem.makeDirectories((snapshotterSocket as NSString).deletingLastPathComponent, mode: 0o711)
+            }
         } catch {
-            throw CLIError("node: cannot create \(state) or the socket's directory: \(error)")
+            throw CLIError("node: cannot create \(state), \(root) or the sockets' directories: \(error)")
         }
         let reaper = Reaper()
         reaper.start(becomeSubreaper: true)
@@ -48,7 +59,9 @@ struct NodeCommand: AsyncParsableCommand {
         do { try await server.start() } catch {
             throw CLIError("node: cannot listen on \(shimSocket): \(error)")
         }
-        logger.info("node daemon ready", metadata: ["socket": "\(shimSocket)", "state": "\(state)", "events": "\(events ?? "none")"])
+        let snapshots = try await startSnapshotter(reaper: reaper, logger: logger)
+        logger.info("node daemon ready", metadata: ["socket": "\(shimSocket)", "snapshotter": "\(snapshotterSocket)",
+                                                    "state": "\(state)", "root": "\(root)", "events": "\(events ?? "none")"])
         if let fd = readyFD {
             let msg = Array("ready\n".utf8)
             _ = msg.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
@@ -66,8 +79,30 @@ struct NodeCommand: AsyncParsableCommand {
             }
         }
         logger.info("node daemon stopping")
+        snapshots?.server.stop()
+        try? await snapshots?.task.value
         await server.close()
         await publisher?.close()
+    }
+}
+
+extension NodeCommand {
+    /// The snapshotter's store under ROOT/snapshotter, its lazy mounts made by
+    /// this executable, served on the snapshotter socket.
+    func startSnapshotter(reaper: Reaper, logger: Logger) async throws -> (server: SnapshotServer, task: Task<Void, any Error>)? {
+        guard snapshotterSocket != "none" else { return nil }
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let mounter = ProcessImageMounter(executable: exe, store: root + "/store", cache: root + "/cache", reaper: reaper, logger: logger)
+        let store: SnapshotStore
+        do { store = try SnapshotStore(root: root + "/snapshotter", mounter: mounter, logger: logger) } catch {
+            throw CLIError("node: \(error)")
+        }
+        let server = SnapshotServer(path: snapshotterSocket, service: SnapshotService(store: store, logger: logger))
+        let task = Task { try await server.serve() }
+        do { try await server.listening() } catch {
+            throw CLIError("node: cannot listen on \(snapshotterSocket): \(error)")
+        }
+        return (server, task)
     }
 }
 
