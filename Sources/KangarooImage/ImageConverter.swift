@@ -84,7 +84,8 @@ public struct ImageConverter: Sendable {
             var layers: [Descriptor] = []
             let bootstrapDigest = try destination.writeBlob(bytes: result.bootstrap)
             layers.append(Descriptor(mediaType: KangarooMediaTypes.bootstrap, digest: bootstrapDigest, size: Int64(result.bootstrap.count),
-                                     annotations: [KangarooMediaTypes.chunkSizeAnnotation: String(options.chunkSize)]))
+                                     annotations: [KangarooMediaTypes.chunkSizeAnnotation: String(options.chunkSize),
+                                                   KangarooMediaTypes.snapshotLayerAnnotation: "bootstrap"]))
             for (i, blob) in result.blobs.enumerated() {
                 let digest = try Digest(sha256Bytes: blob.digest)
                 if i == result.newBlobIndex {
@@ -96,15 +97,13 @@ public struct ImageConverter: Sendable {
                     }
                     _ = try destination.importBlob(from: from.blobPath(digest), expected: digest)
                 }
-                layers.append(Descriptor(mediaType: KangarooMediaTypes.blob, digest: digest, size: Int64(blob.compressedSize)))
+                layers.append(Descriptor(mediaType: KangarooMediaTypes.blob, digest: digest, size: Int64(blob.compressedSize),
+                                         annotations: [KangarooMediaTypes.snapshotLayerAnnotation: "blob"]))
             }
-            // The config blob is the source image's, unchanged (importBlob verifies its digest).
-            if !destination.hasBlob(manifest.config.digest) {
-                _ = try destination.importBlob(from: source.blobPath(manifest.config.digest), expected: manifest.config.digest)
-            }
+            let config = try Self.kangarooConfig(source: source, manifest.config, layers: layers, into: destination)
             var annotations = manifest.annotations ?? [:]
             annotations[KangarooMediaTypes.versionAnnotation] = "1"
-            let out = ImageManifest(mediaType: MediaTypes.imageManifest, config: manifest.config, layers: layers, annotations: annotations)
+            let out = ImageManifest(mediaType: MediaTypes.imageManifest, config: config, layers: layers, annotations: annotations)
             let descriptor = try destination.writeJSON(out, mediaType: MediaTypes.imageManifest)
             if let tag { try destination.setTag(tag, to: descriptor) }
             progress?(.storing, 1, 1)
@@ -114,6 +113,23 @@ public struct ImageConverter: Sendable {
         } catch {
             throw ImageError(.io, "cannot store the converted image in '\(destination.root)'", underlying: error as? OCIError)
         }
+    }
+
+    /// The source image's config with `rootfs.diff_ids` naming the Kangaroo
+    /// layers (each layer's digest), every other field as it was: containerd
+    /// builds snapshot chain ids from the diff_ids and refuses an image whose
+    /// diff_ids and layers differ in number.
+    static func kangarooConfig(source: OCILayout, _ descriptor: Descriptor, layers: [Descriptor],
+                               into destination: OCILayout) throws -> Descriptor {
+        let bytes = try source.readBlob(descriptor.digest, limit: 16 << 20)
+        guard var json = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
+            throw ImageError(.source, "config \(descriptor.digest) is not a JSON object")
+        }
+        var rootfs = json["rootfs"] as? [String: Any] ?? ["type": "layers"]
+        rootfs["diff_ids"] = layers.map { $0.digest.description }
+        json["rootfs"] = rootfs
+        let data = try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys, .withoutEscapingSlashes])
+        return try destination.writeBlob(bytes: Array(data), mediaType: descriptor.mediaType)
     }
 
     /// Hashes a source blob and compares digest and size with its descriptor.

@@ -5,11 +5,25 @@ import Glibc
 #endif
 
 /// Media types and annotations of Kangaroo images (docs/FORMAT.md, "OCI manifest").
+/// The layer media types start with `application/vnd.oci.image.layer.` so
+/// that containerd hands them to its unpacker (and so to the snapshotter)
+/// instead of fetching them with the config.
 public enum KangarooMediaTypes {
-    public static let bootstrap = "application/vnd.kangaroo.image.bootstrap.v1"
-    public static let blob = "application/vnd.kangaroo.image.blob.v1"
+    public static let bootstrap = "application/vnd.oci.image.layer.kangaroo.bootstrap.v1"
+    public static let blob = "application/vnd.oci.image.layer.kangaroo.blob.v1"
+    /// Written by format version 1 before containerd support; still read.
+    public static let legacyBootstrap = "application/vnd.kangaroo.image.bootstrap.v1"
+    public static let legacyBlob = "application/vnd.kangaroo.image.blob.v1"
     public static let versionAnnotation = "dev.kangaroo.image.version"
     public static let chunkSizeAnnotation = "dev.kangaroo.image.chunk-size"
+    /// On every layer: `bootstrap` or `blob`. containerd passes annotations
+    /// with the `containerd.io/snapshot/` prefix to the snapshotter's
+    /// Prepare as labels, which is how Kangaroo's snapshotter knows a layer
+    /// needs no download.
+    public static let snapshotLayerAnnotation = "containerd.io/snapshot/kangaroo.layer"
+
+    public static func isBootstrap(_ mediaType: String) -> Bool { mediaType == bootstrap || mediaType == legacyBootstrap }
+    public static func isBlob(_ mediaType: String) -> Bool { mediaType == blob || mediaType == legacyBlob }
 }
 
 /// A Kangaroo image: its manifest, its parsed bootstrap and blob descriptors.
@@ -25,7 +39,7 @@ public struct KangarooImage: Sendable {
     /// Validates that `bootstrapBytes` is the manifest's bootstrap and that
     /// the manifest's blob layers match the blob table.
     public init(manifest: ImageManifest, manifestDescriptor: Descriptor? = nil, bootstrapBytes: [UInt8]) throws(ImageError) {
-        guard let first = manifest.layers.first, first.mediaType == KangarooMediaTypes.bootstrap else {
+        guard let first = manifest.layers.first, KangarooMediaTypes.isBootstrap(first.mediaType) else {
             throw ImageError(.invalidArgument, "manifest is not a Kangaroo image (first layer must have media type \(KangarooMediaTypes.bootstrap))")
         }
         let actual = Digest.sha256(of: bootstrapBytes)
@@ -38,7 +52,7 @@ public struct KangarooImage: Sendable {
             throw ImageError(.corruptBootstrap, "manifest lists \(blobLayers.count) blobs, the bootstrap \(bootstrap.blobs.count)")
         }
         for (layer, blob) in zip(blobLayers, bootstrap.blobs) {
-            guard layer.mediaType == KangarooMediaTypes.blob, layer.digest.algorithm == "sha256", layer.digest.bytes == blob.digest,
+            guard KangarooMediaTypes.isBlob(layer.mediaType), layer.digest.algorithm == "sha256", layer.digest.bytes == blob.digest,
                   layer.size >= 0, UInt64(layer.size) == blob.compressedSize else {
                 throw ImageError(.corruptBootstrap, "manifest layer \(layer.digest) (\(layer.size) bytes) does not match blob table entry sha256:\(blob.digestHex) (\(blob.compressedSize) bytes)")
             }

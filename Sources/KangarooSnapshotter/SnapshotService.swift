@@ -21,6 +21,7 @@ public struct SnapshotService: Containerd_Services_Snapshots_V1_Snapshots.Simple
     public func prepare(request: Containerd_Services_Snapshots_V1_PrepareSnapshotRequest, context: ServerContext) async throws
         -> Containerd_Services_Snapshots_V1_PrepareSnapshotResponse {
         try await call("Prepare", request.key) {
+            logger.debug("prepare", metadata: ["key": "\(request.key)", "parent": "\(request.parent)", "labels": "\(request.labels)"])
             let mounts = try await store.prepare(key: request.key, parent: request.parent, labels: request.labels, readonly: false)
             return .with { $0.mounts = mounts.map(Self.mount) }
         }

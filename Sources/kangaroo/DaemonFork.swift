@@ -15,6 +15,18 @@ enum DaemonFork {
         await Kangaroo.main(arguments)
     }
 
+    /// `kangaroo node` is a daemon too: a descriptor its starter left open
+    /// (a pipe Foundation's Process waits on to see its child exit, say) must
+    /// not stay open for the daemon's life. Only --ready-fd is kept.
+    static func closeDescriptorsForNode() {
+        let args = arguments
+        guard args.first == "node" else { return }
+        var kept: Set<Int32> = []
+        if let i = args.firstIndex(of: "--ready-fd"), i + 1 < args.count, let fd = Int32(args[i + 1]) { kept.insert(fd) }
+        for a in args where a.hasPrefix("--ready-fd=") { if let fd = Int32(a.dropFirst("--ready-fd=".count)) { kept.insert(fd) } }
+        closeInheritedDescriptors(keeping: kept)
+    }
+
     static func forkIfRequested() {
         let args = arguments
         guard args.count >= 2, args[0] == "image", args[1] == "mount", args.contains("--daemon"),
@@ -42,7 +54,7 @@ enum DaemonFork {
     /// Closes every descriptor above stderr the caller passed down (a
     /// caller that waits for a pipe or socket to close, as Foundation's
     /// Process does to see its child exit, must not wait for the daemon).
-    static func closeInheritedDescriptors() {
+    static func closeInheritedDescriptors(keeping kept: Set<Int32> = []) {
         guard let dir = opendir("/proc/self/fd") else { return }
         var fds: [Int32] = []
         while let entry = readdir(dir) {
@@ -51,7 +63,7 @@ enum DaemonFork {
         }
         let own = dirfd(dir)
         closedir(dir)
-        for fd in fds where fd != own { close(fd) }
+        for fd in fds where fd != own && !kept.contains(fd) { close(fd) }
     }
 
     /// Threads of this process (fork is only safe with one).

@@ -40,7 +40,7 @@ extension ImageCommand {
                 let (sourceLayout, sourceTag) = try await options.openImage(sourceLocation, logger: logger, progress: progress)
                 let manifestDescriptor = try sourceLayout.resolve(tag: sourceTag)
                 let manifest = try sourceLayout.readManifest(manifestDescriptor)
-                if manifest.layers.first?.mediaType == KangarooMediaTypes.bootstrap {
+                if manifest.layers.first.map { KangarooMediaTypes.isBootstrap($0.mediaType) } == true {
                     throw CLIError("\(source) is already a Kangaroo image")
                 }
 

@@ -11,7 +11,7 @@ extension GlobalOptions {
         let (layout, tag) = try await openImage(try ImageLocation.parse(ref), logger: logger, progress: progress)
         let descriptor = try layout.resolve(tag: tag)
         let manifest = try layout.readManifest(descriptor)
-        guard manifest.layers.first?.mediaType == KangarooMediaTypes.bootstrap else {
+        guard manifest.layers.first.map { KangarooMediaTypes.isBootstrap($0.mediaType) } == true else {
             throw CLIError("\(ref) is an OCI image, not a Kangaroo image: convert it first (kangaroo image convert \(ref) NAME)")
         }
         return (try KangarooImage.load(from: layout, descriptor: descriptor), layout)
@@ -146,7 +146,7 @@ extension ImageCommand.Check {
                               onProgress: @escaping @Sendable (UInt64, UInt64) -> Void) async throws -> CheckReport {
         let resolved: ResolvedManifest = try await client.resolveManifest(reference)
         let manifest = resolved.manifest
-        guard let first = manifest.layers.first, first.mediaType == KangarooMediaTypes.bootstrap else {
+        guard let first = manifest.layers.first, KangarooMediaTypes.isBootstrap(first.mediaType) else {
             throw CLIError("\(reference) is an OCI image, not a Kangaroo image: convert it first (kangaroo image convert \(reference) NAME)")
         }
         guard first.size >= 0, first.size <= 1 << 30 else {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KangarooImage
 import KangarooOCI
 
 extension ImageCommand {
@@ -80,7 +81,7 @@ extension ImageCommand {
                 print("NAME".padding(toLength: 50, withPad: " ", startingAt: 0) + " KIND      DIGEST")
                 for (tag, descriptor) in tags.sorted(by: { $0.key < $1.key }) {
                     let manifest = try? store.readManifest(descriptor)
-                    let kind = manifest?.layers.first?.mediaType == "application/vnd.kangaroo.image.bootstrap.v1" ? "kangaroo" : "oci"
+                    let kind = manifest?.layers.first.map { KangarooMediaTypes.isBootstrap($0.mediaType) } == true ? "kangaroo" : "oci"
                     print(tag.padding(toLength: 50, withPad: " ", startingAt: 0) + " " +
                           kind.padding(toLength: 9, withPad: " ", startingAt: 0) + " " + descriptor.digest.description)
                 }

@@ -87,7 +87,7 @@ extension GlobalOptions {
 func pullBootstrap(_ reference: Reference, client: RegistryClient, into store: OCILayout,
                    logger: Logger) async throws -> Descriptor {
     let resolved = try await client.resolveManifest(reference)
-    guard let first = resolved.manifest.layers.first, first.mediaType == KangarooMediaTypes.bootstrap else {
+    guard let first = resolved.manifest.layers.first, KangarooMediaTypes.isBootstrap(first.mediaType) else {
         throw CLIError("\(reference) is an OCI image, not a Kangaroo image: convert it first (kangaroo image convert \(reference) NAME)")
     }
     return try await ImageTransfer(client: client, logger: logger).pull(

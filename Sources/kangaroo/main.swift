@@ -4,4 +4,5 @@
 // a detached mount's latency on a cold machine. The parent goes on to
 // parse its arguments and waits for the child's mount (Mount.spawnDaemon).
 DaemonFork.forkIfRequested()
+DaemonFork.closeDescriptorsForNode()
 await DaemonFork.runCommand()

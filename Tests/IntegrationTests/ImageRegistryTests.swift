@@ -31,7 +31,7 @@ struct ImageRegistryTests {
         try kangaroo(["image", "check", "again"], store: tmp.sub("store3"))
         // the registry serves what skopeo sees as a valid OCI manifest
         let r = try run("skopeo", ["inspect", "--raw", "--tls-verify=false", "docker://\(registry.host)/other/sample:v1"], check: true)
-        #expect(r.stdout.contains("application/vnd.kangaroo.image.bootstrap.v1"))
+        #expect(r.stdout.contains("application/vnd.oci.image.layer.kangaroo.bootstrap.v1"))
     }
 
     /// Every file below `dir` with its SHA-256, to show a directory unchanged.

@@ -56,17 +56,52 @@ public final class TestContainerd: @unchecked Sendable {
 }
 
 extension TestContainerd {
-    /// A containerd whose shims find the node daemon at `node`'s socket and
-    /// state: the test's own `kangaroo` and `containerd-shim-kangaroo-v2`
-    /// first in its PATH.
-    public static func forKangaroo(node: TempDir, extraConfig: String = "", cri: Bool = false) throws -> TestContainerd {
+    /// What a node daemon of `node` is told: its sockets, state and data
+    /// in `node` (a shim that starts the daemon passes these on).
+    public static func nodeEnvironment(_ node: TempDir) -> [String: String] {
         let bin = (TestEnv.kangaroo as NSString).deletingLastPathComponent
-        return try TestContainerd(extraConfig: extraConfig, cri: cri, environment: [
+        return [
             "PATH": bin + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin"),
             "KANGAROO_BIN": TestEnv.kangaroo,
             "KANGAROO_SHIM_SOCKET": node.sub("shim.sock"),
             "KANGAROO_NODE_STATE": node.sub("state"),
-        ])
+            "KANGAROO_NODE_ROOT": node.sub("root"),
+            "KANGAROO_SNAPSHOTTER_SOCKET": node.sub("snapshotter.sock"),
+        ]
+    }
+
+    /// A containerd whose shims find the node daemon at `node`'s socket and
+    /// state: the test's own `kangaroo` and `containerd-shim-kangaroo-v2`
+    /// first in its PATH. With `snapshotter`, the daemon is started first
+    /// and containerd has it as the proxy snapshotter `kangaroo`.
+    public static func forKangaroo(node: TempDir, extraConfig: String = "", cri: Bool = false,
+                                   snapshotter: Bool = false) throws -> TestContainerd {
+        var config = extraConfig
+        if snapshotter {
+            try startNodeDaemon(node)
+            config += """
+
+            [proxy_plugins.kangaroo]
+              type = "snapshot"
+              address = "\(node.sub("snapshotter.sock"))"
+            """
+        }
+        return try TestContainerd(extraConfig: config, cri: cri, environment: nodeEnvironment(node))
+    }
+
+    /// Starts `kangaroo node` for `node` (detached, as the shim would) and
+    /// waits until both its sockets accept connections.
+    public static func startNodeDaemon(_ node: TempDir) throws {
+        let log = node.sub("node.log")
+        let env = nodeEnvironment(node).map { "\($0.key)='\($0.value)'" }.joined(separator: " ")
+        try run("/bin/sh", ["-c", "env \(env) setsid \(TestEnv.kangaroo) node --shim-socket '\(node.sub("shim.sock"))' --log-level debug </dev/null >>'\(log)' 2>&1 &"], check: true)
+        for _ in 0..<200 {
+            if FileManager.default.fileExists(atPath: node.sub("snapshotter.sock")),
+               FileManager.default.fileExists(atPath: node.sub("shim.sock")) { return }
+            usleep(50_000)
+        }
+        throw NSError(domain: "TestContainerd", code: 2, userInfo: [NSLocalizedDescriptionKey:
+            "kangaroo node did not start: " + ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").suffix(2000)])
     }
 
     /// `ctr events` running into a file until `stop()`: what containerd saw.

@@ -10,7 +10,8 @@ public final class TestRegistry: @unchecked Sendable {
     public let process = Process()
     public var host: String { "127.0.0.1:\(port)" }
 
-    public init(user: String? = nil, password: String? = nil) throws {
+    /// With `accessLog`, every request is logged to `log` (`requests(matching:)`).
+    public init(user: String? = nil, password: String? = nil, accessLog: Bool = false) throws {
         dir = try TempDir("registry")
         port = try Self.freePort()
         var auth = ""
@@ -19,14 +20,16 @@ public final class TestRegistry: @unchecked Sendable {
             try r.stdout.write(toFile: dir.sub("htpasswd"), atomically: true, encoding: .utf8)
             auth = "auth:\n  htpasswd:\n    realm: kangaroo-test\n    path: \(dir.sub("htpasswd"))\n"
         }
-        let config = dockerRegistryConfig(port: port, storage: dir.sub("data"), auth: auth)
+        let config = dockerRegistryConfig(port: port, storage: dir.sub("data"), auth: auth, accessLog: accessLog)
         try config.write(toFile: dir.sub("config.yml"), atomically: true, encoding: .utf8)
         process.executableURL = URL(fileURLWithPath: "/usr/bin/docker-registry")
         process.arguments = ["serve", dir.sub("config.yml")]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = try FileHandle(forWritingTo: {
+        // The access log goes to stdout, errors to stderr: both into `log`.
+        let log = try FileHandle(forWritingTo: {
             FileManager.default.createFile(atPath: dir.sub("log"), contents: nil); return URL(fileURLWithPath: dir.sub("log"))
         }())
+        process.standardOutput = log
+        process.standardError = log
         try process.run()
         // ready when /v2/ answers (200 or 401)
         for _ in 0..<100 {
@@ -36,6 +39,16 @@ public final class TestRegistry: @unchecked Sendable {
         }
         stop()
         throw NSError(domain: "TestRegistry", code: 1, userInfo: [NSLocalizedDescriptionKey: "docker-registry did not start"])
+    }
+
+    /// The access log's request lines ("GET /v2/… HTTP/1.1") containing `text`.
+    public func requests(matching text: String) -> [String] {
+        let log = (try? String(contentsOfFile: dir.sub("log"), encoding: .utf8)) ?? ""
+        return log.split(separator: "\n").compactMap { line in
+            guard let open = line.firstIndex(of: "\""), let close = line[line.index(after: open)...].firstIndex(of: "\"") else { return nil }
+            let request = String(line[line.index(after: open)..<close])
+            return request.contains(text) ? request : nil
+        }
     }
 
     public func stop() {
@@ -64,15 +77,15 @@ public final class TestRegistry: @unchecked Sendable {
 }
 
 /// docker-registry's config.yml: 127.0.0.1:`port`, filesystem storage at
-/// `storage` with deletes allowed, errors-only logs, and `auth` (a YAML
-/// `auth:` section, or empty).
-public func dockerRegistryConfig(port: Int, storage: String, auth: String) -> String {
+/// `storage` with deletes allowed, errors-only logs (and the access log if
+/// asked), and `auth` (a YAML `auth:` section, or empty).
+public func dockerRegistryConfig(port: Int, storage: String, auth: String, accessLog: Bool = false) -> String {
     """
     version: 0.1
     log:
       level: error
       accesslog:
-        disabled: true
+        disabled: \(!accessLog)
     storage:
       filesystem:
         rootdirectory: \(storage)

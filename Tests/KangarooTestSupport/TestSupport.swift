@@ -94,3 +94,4 @@ public func expectSameTree(_ left: String, _ right: String, extra: [String] = []
     #expect(r.status == 0, "\(what): trees differ:\n\(r.output.suffix(4000))", sourceLocation: sourceLocation)
     #expect(r.stdout.contains("0 differences"), "\(what): \(r.output.suffix(500))", sourceLocation: sourceLocation)
 }
+
