@@ -13,6 +13,8 @@ PACKAGES=(
     fuse3 fio hyperfine iproute2 jq python3 curl
     # runtime references and clients
     crun runc containerd podman
+    # ctr-remote (image rpull: containerd pulls with the labels remote snapshotters read)
+    stargz-snapshotter
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
