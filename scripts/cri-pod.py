@@ -5,6 +5,7 @@ between runtime handlers.
 
     scripts/cri-pod.py SOCKET HANDLER IMAGE NAME [--containers N] [--keep]
     scripts/cri-pod.py SOCKET --remove-all
+    scripts/cri-pod.py SOCKET --pull IMAGE   (127.0.0.1 registries only)
 
 Steps: ImageStatus (the image is already in containerd's k8s.io namespace),
 RunPodSandbox (host network), CreateContainer + StartContainer for N
@@ -35,6 +36,7 @@ def main():
     ap.add_argument("--containers", type=int, default=1)
     ap.add_argument("--log-dir", default=None)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--pull", metavar="IMAGE", help="PullImage IMAGE (a 127.0.0.1 registry), print its id and time")
     a = ap.parse_args()
 
     channel = grpc.insecure_channel("unix://" + a.socket)
@@ -47,6 +49,15 @@ def main():
             rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=p.id), timeout=60)
             rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=p.id), timeout=60)
         print(json.dumps({"removed": len(pods)}))
+        return
+    if a.pull:
+        # Tests pull only from their own registry on this machine: a CRI
+        # pull of any other name would resolve a host on the network.
+        if not a.pull.startswith("127.0.0.1:"):
+            raise SystemExit("--pull takes 127.0.0.1:PORT/... references only, not %s" % a.pull)
+        t0 = time.monotonic()
+        ref = im.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=a.pull)), timeout=120).image_ref
+        print(json.dumps({"image_ref": ref, "pull_ms": round((time.monotonic() - t0) * 1000, 1)}))
         return
     log_dir = a.log_dir or "/tmp/kangaroo-cri-logs/" + a.name
     os.makedirs(log_dir, exist_ok=True)

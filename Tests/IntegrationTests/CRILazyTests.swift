@@ -1,0 +1,97 @@
+import Foundation
+import KangarooTestSupport
+import Testing
+
+/// CRI with the Kangaroo snapshotter as containerd's CRI snapshotter
+/// (`disable_snapshot_annotations = false`, so CRI passes the image
+/// reference with every layer): PullImage of a Kangaroo image from a
+/// docker-registry on 127.0.0.1 downloads no layer, pods run on its lazy
+/// mount under both runtime handlers.
+@Suite("CRI lazy", .serialized, .enabled(if: TestEnv.enabled && FileManager.default.fileExists(atPath: "/usr/bin/containerd"),
+                                         "needs root, KANGAROO_INTEGRATION=1 and containerd"))
+final class CRILazyTests {
+    let node: TempDir
+    let containerd: TestContainerd
+    let registry: TestRegistry
+    let reference: String
+    var script: String { TestEnv.repoRoot + "/scripts/cri-pod.py" }
+
+    init() throws {
+        node = try TempDir("cri-lazy-node")
+        let cri = """
+        [plugins."io.containerd.grpc.v1.cri"]
+          sandbox_image = "kangaroo.test/pause:pause"
+          restrict_oom_score_adj = true
+          [plugins."io.containerd.grpc.v1.cri".containerd]
+            snapshotter = "kangaroo"
+            disable_snapshot_annotations = false
+            default_runtime_name = "runc"
+            [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+              runtime_type = "io.containerd.runc.v2"
+            [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kangaroo]
+              runtime_type = "io.containerd.kangaroo.v2"
+          [plugins."io.containerd.grpc.v1.cri".cni]
+            bin_dir = "/usr/lib/cni"
+            conf_dir = "\(node.sub("cni"))"
+        """
+        containerd = try TestContainerd.forKangaroo(node: node, extraConfig: cri, cri: true, snapshotter: true)
+        let tar = containerd.dir.sub("pause.tar")
+        try run("/bin/tar", ["-C", TestEnv.images + "/pause", "-cf", tar, "."], check: true)
+        try run("/usr/bin/ctr", containerd.ctr + ["-n", "k8s.io", "images", "import", "--snapshotter", "kangaroo",
+                                                  "--base-name", "kangaroo.test/pause", tar], check: true)
+        registry = try TestRegistry(accessLog: true)
+        reference = "\(registry.host)/lazy/sample:kangaroo"
+        let store = try TempDir("cri-lazy-store")
+        try run(TestEnv.kangaroo, ["image", "convert", "--quiet", "--store", store.path, "oci:\(TestEnv.images)/sample:latest", reference],
+                check: true)
+    }
+
+    deinit {
+        _ = try? run("python3", [script, containerd.socket, "--remove-all"])
+        for pid in nodeDaemons(socket: node.sub("shim.sock")) { kill(pid, SIGTERM) }
+        containerd.stop()
+        for _ in 0..<50 where !nodeDaemons(socket: node.sub("shim.sock")).isEmpty { usleep(100_000) }
+        for pid in nodeDaemons(socket: node.sub("shim.sock")) { kill(pid, SIGKILL) }
+        unmountAll(below: node.path)
+    }
+
+    var nodeLog: String { String(((try? String(contentsOfFile: node.sub("node.log"), encoding: .utf8)) ?? "").suffix(3000)) }
+
+    func json(_ r: CommandResult) -> [String: Any] {
+        (try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]) ?? [:]
+    }
+
+    func lazyMounts() -> Int {
+        ((try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "").split(separator: "\n")
+            .filter { $0.contains(" " + node.sub("root/snapshotter/images") + "/") }.count
+    }
+
+    @Test("PullImage fetches manifest and config only; pods under kangaroo and runc observe the same on the lazy mount")
+    func pullIsLazyAndPodsRun() throws {
+        let manifestJSON = try run("curl", ["-sf", "-H", "Accept: application/vnd.oci.image.manifest.v1+json",
+                                            "http://\(registry.host)/v2/lazy/sample/manifests/kangaroo"], check: true).stdout
+        let manifest = try #require(try JSONSerialization.jsonObject(with: Data(manifestJSON.utf8)) as? [String: Any])
+        let layers = try #require(manifest["layers"] as? [[String: Any]]).compactMap { $0["digest"] as? String }
+        let before = registry.requests(matching: "/blobs/").count
+        let pulled = try run("python3", [script, containerd.socket, "--pull", reference])
+        #expect(pulled.status == 0, "\(pulled.output)\n\(containerd.log.suffix(2000))\n\(nodeLog)")
+        let duringPull = Array(registry.requests(matching: "/blobs/").dropFirst(before))
+        #expect(duringPull.count == 1, "only the config: \(duringPull)")
+        #expect(duringPull.allSatisfy { request in !layers.contains { request.contains($0) } }, "\(duringPull)")
+        #expect(lazyMounts() == 0)
+
+        var k = json(try run("python3", [script, containerd.socket, "kangaroo", reference, "lazy-k", "--log-dir", node.sub("logs/k")]))
+        var r = json(try run("python3", [script, containerd.socket, "runc", reference, "lazy-r", "--log-dir", node.sub("logs/r")]))
+        #expect(k["error"] == nil && k["sandbox_ready"] as? Bool == true, "\(k)\n\(nodeLog)")
+        k["start_seconds"] = nil
+        r["start_seconds"] = nil
+        func canonical(_ o: [String: Any]) -> String {
+            String(decoding: (try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])) ?? Data(), as: UTF8.self)
+        }
+        #expect(canonical(k) == canonical(r), "kangaroo \(canonical(k))\nrunc \(canonical(r))")
+        #expect((k["exec"] as? [String: Any])?["exit_code"] as? Int == 3)
+        #expect(registry.requests(matching: layers[0]).filter { $0.hasPrefix("GET") }.count == 1, "one bootstrap download")
+        // Every container removed: the image's lazy mount went with the last.
+        #expect(lazyMounts() == 0, "\(nodeLog)")
+    }
+}
