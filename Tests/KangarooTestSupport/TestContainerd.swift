@@ -7,13 +7,15 @@ import Testing
 /// `cri` is set. Stopped, and its mounts removed, by `stop()` or at deinit.
 public final class TestContainerd: @unchecked Sendable {
     public let dir: TempDir
-    public let process = Process()
+    public private(set) var process = Process()
+    let environment: [String: String]
     public var socket: String { dir.sub("containerd.sock") }
     public var ttrpcSocket: String { dir.sub("containerd.sock.ttrpc") }
     public var ctr: [String] { ["--address", socket] }
 
     public init(extraConfig: String = "", cri: Bool = false, environment: [String: String] = [:]) throws {
         dir = try TempDir("containerd")
+        self.environment = environment
         let config = """
         version = 2
         root = "\(dir.sub("root"))"
@@ -26,12 +28,19 @@ public final class TestContainerd: @unchecked Sendable {
         \(extraConfig)
         """
         try config.write(toFile: dir.sub("config.toml"), atomically: true, encoding: .utf8)
+        FileManager.default.createFile(atPath: dir.sub("log"), contents: nil)
+        try launch()
+    }
+
+    private func launch() throws {
+        process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/containerd")
         process.arguments = ["--config", dir.sub("config.toml")]
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
         process.standardOutput = FileHandle.nullDevice
-        FileManager.default.createFile(atPath: dir.sub("log"), contents: nil)
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.sub("log")))
+        let logHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.sub("log")))
+        logHandle.seekToEndOfFile()
+        process.standardError = logHandle
         try process.run()
         for _ in 0..<200 {
             if FileManager.default.fileExists(atPath: ttrpcSocket),
@@ -40,6 +49,15 @@ public final class TestContainerd: @unchecked Sendable {
         }
         stop()
         throw NSError(domain: "TestContainerd", code: 1, userInfo: [NSLocalizedDescriptionKey: "containerd did not start: \(log.suffix(2000))"])
+    }
+
+    /// kill -9 and start again with the same config, root and state.
+    public func crashAndRestart() throws {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        try launch()
     }
 
     public var log: String { (try? String(contentsOfFile: dir.sub("log"), encoding: .utf8)) ?? "" }

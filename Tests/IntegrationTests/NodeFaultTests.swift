@@ -1,0 +1,120 @@
+import Foundation
+import KangarooTestSupport
+import Testing
+
+/// Faults with containers running on the node daemon: containerd killed
+/// and restarted, a tampered chunk in the registry.
+@Suite("node faults", .serialized, .enabled(if: TestEnv.enabled && FileManager.default.fileExists(atPath: "/usr/bin/containerd"),
+                                            "needs root, KANGAROO_INTEGRATION=1 and containerd"))
+final class NodeFaultTests {
+    let node: TempDir
+    let containerd: TestContainerd
+    let registry: TestRegistry
+    let reference: String
+    let store: TempDir
+    let kangaroo = ["--runtime", "io.containerd.kangaroo.v2", "--snapshotter", "kangaroo"]
+
+    init() throws {
+        node = try TempDir("fault-node")
+        containerd = try TestContainerd.forKangaroo(node: node, snapshotter: true)
+        registry = try TestRegistry()
+        reference = "\(registry.host)/fault/sample:kangaroo"
+        store = try TempDir("fault-store")
+        try run(TestEnv.kangaroo, ["image", "convert", "--quiet", "--store", store.path, "oci:\(TestEnv.images)/sample:latest", reference],
+                check: true)
+        try run("/usr/bin/ctr-remote", containerd.ctr + ["image", "rpull", "--plain-http", "--snapshotter", "kangaroo", reference], check: true)
+    }
+
+    deinit {
+        for pid in nodeDaemons(socket: node.sub("shim.sock")) { kill(pid, SIGTERM) }
+        containerd.stop()
+        for _ in 0..<50 where !nodeDaemons(socket: node.sub("shim.sock")).isEmpty { usleep(100_000) }
+        for pid in nodeDaemons(socket: node.sub("shim.sock")) { kill(pid, SIGKILL) }
+        unmountAll(below: node.path)
+    }
+
+    var nodeLog: String { String(((try? String(contentsOfFile: node.sub("node.log"), encoding: .utf8)) ?? "").suffix(3000)) }
+
+    @discardableResult
+    func ctr(_ args: [String], check: Bool = false) throws -> CommandResult {
+        try run("/usr/bin/ctr", containerd.ctr + args, check: check)
+    }
+
+    func statuses() throws -> [String: String] {
+        var out: [String: String] = [:]
+        for line in try ctr(["task", "ls"]).stdout.split(separator: "\n").dropFirst() {
+            let f = line.split(separator: " ", omittingEmptySubsequences: true)
+            if f.count >= 3 { out[String(f[0])] = String(f[2]) }
+        }
+        return out
+    }
+
+    @Test("kill -9 and restart of containerd with 10 tasks running: every task is still managed (exec, kill, exit status, delete)")
+    func containerdCrash() throws {
+        let ids = (0..<10).map { "fault-\($0)" }
+        for id in ids { try ctr(["run", "-d"] + kangaroo + [reference, id, "sleep", "1000"], check: true) }
+        #expect(try statuses().values.filter { $0 == "RUNNING" }.count == 10)
+        try containerd.crashAndRestart()
+        // containerd reloads each task's shim address and reconnects.
+        var after: [String: String] = [:]
+        for _ in 0..<50 {
+            after = try statuses()
+            if after.count == 10 { break }
+            usleep(100_000)
+        }
+        #expect(after.count == 10 && after.values.allSatisfy { $0 == "RUNNING" }, "\(after)\n\(containerd.log.suffix(2000))")
+        #expect(nodeDaemons(socket: node.sub("shim.sock")).count == 1, "the node daemon was not restarted")
+        for id in ids.prefix(3) {
+            let r = try ctr(["task", "exec", "--exec-id", "x", id, "sh", "-c", "cat /etc/hostname >/dev/null; echo alive"])
+            #expect(r.status == 0 && r.stdout == "alive\n", "\(id): \(r.output)\n\(nodeLog)")
+        }
+        // An exit after the restart reaches containerd with its status.
+        try ctr(["task", "kill", "-s", "SIGKILL", ids[0]], check: true)
+        var status = ""
+        for _ in 0..<50 where status != "STOPPED" {
+            status = try statuses()[ids[0]] ?? ""
+            usleep(100_000)
+        }
+        #expect(status == "STOPPED")
+        let deleted = try ctr(["task", "delete", ids[0]])
+        #expect(deleted.output.contains("137"), "exit status of SIGKILL: \(deleted.output)")
+        for id in ids {
+            try ctr(["task", "delete", "--force", id])
+            try ctr(["containers", "delete", id], check: true)
+        }
+        #expect(try ctr(["task", "ls", "-q"]).stdout.isEmpty)
+        for _ in 0..<50 where mountCount() > 0 { usleep(100_000) }
+        #expect(mountCount() == 0, "\(nodeLog)")
+    }
+
+    /// Mounts below the node directory (container rootfs, lazy mounts).
+    func mountCount() -> Int {
+        ((try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "").split(separator: "\n")
+            .filter { $0.contains(" " + node.path + "/") }.count
+    }
+
+    @Test("a tampered chunk in the registry gives EIO inside the container, never wrong bytes")
+    func tamperedChunk() throws {
+        // The biggest file of the image, and the blob that holds its data.
+        let info = try run(TestEnv.kangaroo, ["image", "inspect", "--json", "--store", store.path, reference], check: true).stdout
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(info.utf8)) as? [String: Any])
+        let blobs = try #require(json["blobs"] as? [[String: Any]])
+        let digest = try #require(blobs.first?["digest"] as? String)
+        let size = try #require(blobs.first?["compressedSize"] as? Int)
+        let hex = String(digest.dropFirst("sha256:".count))
+        let data = registry.dir.sub("data/docker/registry/v2/blobs/sha256/\(hex.prefix(2))/\(hex)/data")
+        // Flip bytes all over the blob: every chunk is bad.
+        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: data))
+        for offset in stride(from: 0, to: size, by: 4096) {
+            handle.seek(toFileOffset: UInt64(offset))
+            let byte = handle.readData(ofLength: 1)
+            handle.seek(toFileOffset: UInt64(offset))
+            handle.write(Data([~(byte.first ?? 0)]))
+        }
+        try handle.close()
+        let r = try ctr(["run", "--rm"] + kangaroo + [reference, "tampered", "sh", "-c",
+                                                       "find / -xdev -type f -size +4k 2>/dev/null | head -20 | xargs cat >/dev/null"])
+        #expect(r.status != 0)
+        #expect(r.output.lowercased().contains("input/output error"), "\(r.output)")
+    }
+}
