@@ -69,6 +69,7 @@ let package = Package(
         // snapshots, and Kangaroo image layers answered by a lazy mount.
         .target(name: "KangarooSnapshotter", dependencies: [
             "ContainerdAPI", "KangarooSystem", "KangarooLazyFS",
+            .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "GRPCCore", package: "grpc-swift-2"),
             .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
             .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),

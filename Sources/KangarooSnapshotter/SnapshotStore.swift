@@ -1,5 +1,6 @@
 import Foundation
 import KangarooSystem
+import SystemPackage
 import Logging
 
 /// Mounts and unmounts a Kangaroo image's lazy tree (the real one runs
@@ -35,6 +36,8 @@ public actor SnapshotStore {
     /// Image mounts in progress, so concurrent Prepares share one.
     private var mounting: [String: Task<Void, any Error>] = [:]
     private let overlayIndexOff: Bool
+    /// flock'ed for the store's life: one snapshotter per root.
+    private let lockFD: Int32
 
     private struct Metadata: Codable {
         var version = 1
@@ -53,6 +56,13 @@ public actor SnapshotStore {
         } catch {
             throw SnapshotterError(.internalError, "snapshotter: cannot create \(root)", underlying: error)
         }
+        let lock = open(root + "/lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard lock >= 0 else { throw SnapshotterError(.internalError, "snapshotter: cannot open \(root)/lock", underlying: Errno(rawValue: errno)) }
+        guard flock(lock, LOCK_EX | LOCK_NB) == 0 else {
+            close(lock)
+            throw SnapshotterError(.unavailable, "snapshotter: another snapshotter already uses \(root) (its lock file is held)")
+        }
+        lockFD = lock
         let path = root + "/metadata.json"
         var nextID: UInt64 = 1
         var loaded: [String: Snapshot] = [:]
@@ -72,6 +82,8 @@ public actor SnapshotStore {
         self.nextID = nextID
         Self.removeUnreferencedDirectories(root: root, ids: Set(loaded.values.map(\.id)), logger: logger)
     }
+
+    deinit { close(lockFD) }
 
     nonisolated var metadataPath: String { root + "/metadata.json" }
     nonisolated func directory(_ id: UInt64) -> String { root + "/snapshots/\(id)" }

@@ -22,7 +22,7 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Persistent data (snapshots, image store, chunk cache).", valueName: "dir"))
     var root: String = env["KANGAROO_NODE_ROOT"] ?? "/var/lib/kangaroo/node"
 
-    @Option(name: .long, help: ArgumentHelp("The ttrpc socket containerd's shim calls go to.", valueName: "path"))
+    @Option(name: .long, help: ArgumentHelp("The ttrpc socket containerd's shim calls go to; \"none\": no shim service (a snapshotter-only daemon).", valueName: "path"))
     var shimSocket: String = env["KANGAROO_SHIM_SOCKET"] ?? "/run/kangaroo/shim.sock"
 
     @Option(name: .long, help: ArgumentHelp("The gRPC socket of the snapshotter (containerd proxy plugin); \"none\": no snapshotter.", valueName: "path"))
@@ -43,7 +43,9 @@ struct NodeCommand: AsyncParsableCommand {
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         do {
             try FileSystem.makeDirectories(state, mode: 0o711)
-            try FileSystem.makeDirectories((shimSocket as NSString).deletingLastPathComponent, mode: 0o711)
+            if shimSocket != "none" {
+                try FileSystem.makeDirectories((shimSocket as NSString).deletingLastPathComponent, mode: 0o711)
+            }
             try FileSystem.makeDirectories(root, mode: 0o711)
             if snapshotterSocket != "none" {
                 try FileSystem.makeDirectories((snapshotterSocket as NSString).deletingLastPathComponent, mode: 0o711)
@@ -55,8 +57,11 @@ struct NodeCommand: AsyncParsableCommand {
         reaper.start(becomeSubreaper: true)
         let publisher = events.map { EventPublisher(address: $0, logger: logger) }
         let tasks = TaskService(stateRoot: state, events: publisher, reaper: reaper, logger: logger)
-        let server = TTRPCServer(path: shimSocket, services: [tasks], logger: logger)
-        do { try await server.start() } catch {
+        guard shimSocket != "none" || snapshotterSocket != "none" else {
+            throw CLIError("node: --shim-socket none and --snapshotter-socket none: nothing to serve")
+        }
+        let server: TTRPCServer? = shimSocket == "none" ? nil : TTRPCServer(path: shimSocket, services: [tasks], logger: logger)
+        do { try await server?.start() } catch {
             throw CLIError("node: cannot listen on \(shimSocket): \(error)")
         }
         let snapshots = try await startSnapshotter(reaper: reaper, logger: logger)
@@ -81,7 +86,7 @@ struct NodeCommand: AsyncParsableCommand {
         logger.info("node daemon stopping")
         snapshots?.server.stop()
         try? await snapshots?.task.value
-        await server.close()
+        await server?.close()
         await publisher?.close()
     }
 }

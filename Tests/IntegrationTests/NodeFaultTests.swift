@@ -118,3 +118,83 @@ final class NodeFaultTests {
         #expect(r.output.lowercased().contains("input/output error"), "\(r.output)")
     }
 }
+
+/// The snapshotter as a daemon of its own (`kangaroo node --shim-socket
+/// none`), killed and restarted while containers run on a lazy image.
+@Suite("snapshotter restart", .serialized, .enabled(if: TestEnv.enabled && FileManager.default.fileExists(atPath: "/usr/bin/containerd"),
+                                                    "needs root, KANGAROO_INTEGRATION=1 and containerd"))
+final class SnapshotterRestartTests {
+    let node: TempDir
+    let containerd: TestContainerd
+    let registry: TestRegistry
+    let reference: String
+    let kangaroo = ["--runtime", "io.containerd.kangaroo.v2", "--snapshotter", "kangaroo"]
+
+    init() throws {
+        node = try TempDir("snaprestart-node")
+        containerd = try TestContainerd.forKangaroo(node: node, snapshotter: true, separateSnapshotter: true)
+        registry = try TestRegistry()
+        reference = "\(registry.host)/restart/sample:kangaroo"
+        let store = try TempDir("snaprestart-store")
+        try run(TestEnv.kangaroo, ["image", "convert", "--quiet", "--store", store.path, "oci:\(TestEnv.images)/sample:latest", reference],
+                check: true)
+        try run("/usr/bin/ctr-remote", containerd.ctr + ["image", "rpull", "--plain-http", "--snapshotter", "kangaroo", reference], check: true)
+    }
+
+    deinit {
+        for pid in nodeDaemons(socket: node.sub("shim.sock")) + snapshotters() { kill(pid, SIGTERM) }
+        containerd.stop()
+        for _ in 0..<50 where !(nodeDaemons(socket: node.sub("shim.sock")) + snapshotters()).isEmpty { usleep(100_000) }
+        for pid in nodeDaemons(socket: node.sub("shim.sock")) + snapshotters() { kill(pid, SIGKILL) }
+        unmountAll(below: node.path)
+    }
+
+    func snapshotters() -> [Int32] { nodeDaemons(socket: node.sub("snapshotter.sock")) }
+
+    @discardableResult
+    func ctr(_ args: [String], check: Bool = false) throws -> CommandResult {
+        try run("/usr/bin/ctr", containerd.ctr + args, check: check)
+    }
+
+    func lazyMounts() -> Int {
+        ((try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "").split(separator: "\n")
+            .filter { $0.contains(" " + node.sub("root/snapshotter/images") + "/") }.count
+    }
+
+    var log: String { String(((try? String(contentsOfFile: node.sub("snapshotter.log"), encoding: .utf8)) ?? "").suffix(3000)) }
+
+    @Test("kill -9 of the snapshotter with 3 tasks running: they keep reading; restarted, it serves new containers and unmounts with the last")
+    func snapshotterCrash() throws {
+        let ids = ["sr-1", "sr-2", "sr-3"]
+        for id in ids { try ctr(["run", "-d"] + kangaroo + [reference, id, "sleep", "1000"], check: true) }
+        #expect(lazyMounts() == 1)
+        let read = "find /bin /etc -type f | sort | xargs md5sum | md5sum"
+        let before = try ctr(["task", "exec", "--exec-id", "r0", ids[0], "sh", "-c", read], check: true).stdout
+        let pids = snapshotters()
+        #expect(pids.count == 1)
+        for pid in pids { kill(pid, SIGKILL) }
+        for _ in 0..<50 where !snapshotters().isEmpty { usleep(50_000) }
+        // The lazy mount is its own process: containers read on.
+        let during = try ctr(["task", "exec", "--exec-id", "r1", ids[1], "sh", "-c", read])
+        #expect(during.status == 0 && during.stdout == before, "\(during.output)")
+        try TestContainerd.startSnapshotterDaemon(node)
+        // containerd's proxy connection backs off up to 3 s after the refusals.
+        var started = try ctr(["run", "-d"] + kangaroo + [reference, "sr-4", "sleep", "1000"])
+        for _ in 0..<40 where started.status != 0 && started.output.contains("connection refused") {
+            usleep(200_000)
+            started = try ctr(["run", "-d"] + kangaroo + [reference, "sr-4", "sleep", "1000"])
+        }
+        #expect(started.status == 0, "\(started.output)")
+        #expect(lazyMounts() == 1, "the restarted snapshotter reuses the image's mount")
+        let after = try ctr(["task", "exec", "--exec-id", "r2", "sr-4", "sh", "-c", read])
+        #expect(after.status == 0 && after.stdout == before, "\(after.output)\n\(log)")
+        for id in ids + ["sr-4"] {
+            try ctr(["task", "delete", "--force", id])
+            try ctr(["containers", "delete", id], check: true)
+        }
+        for _ in 0..<50 where lazyMounts() > 0 { usleep(100_000) }
+        #expect(lazyMounts() == 0, "\(log)")
+        let ls = try ctr(["snapshots", "--snapshotter", "kangaroo", "ls"]).stdout
+        #expect(!ls.contains("Active"), "\(ls)")
+    }
+}

@@ -165,6 +165,14 @@ func expectCode(_ code: SnapshotterError.Code, _ body: () async throws -> Void) 
         #expect(try FileManager.default.contentsOfDirectory(atPath: root + "/snapshots").count == 1)
     }
 
+    @Test func oneSnapshotterPerRoot() async throws {
+        let root = temporaryRoot()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let first = try SnapshotStore(root: root, mounter: RecordingMounter(), logger: logger)
+        await expectCode(.unavailable) { _ = try SnapshotStore(root: root, mounter: RecordingMounter(), logger: logger) }
+        _ = first
+    }
+
     @Test func metadataSurvivesAndOrphanDirectoriesGoAtStart() async throws {
         let root = temporaryRoot()
         defer { try? FileManager.default.removeItem(atPath: root) }

@@ -91,12 +91,19 @@ extension TestContainerd {
     /// A containerd whose shims find the node daemon at `node`'s socket and
     /// state: the test's own `kangaroo` and `containerd-shim-kangaroo-v2`
     /// first in its PATH. With `snapshotter`, the daemon is started first
-    /// and containerd has it as the proxy snapshotter `kangaroo`.
+    /// and containerd has it as the proxy snapshotter `kangaroo`; with
+    /// `separateSnapshotter` too, the snapshotter is a daemon of its own
+    /// (`startSnapshotterDaemon`) and the shim's daemon serves no snapshotter.
     public static func forKangaroo(node: TempDir, extraConfig: String = "", cri: Bool = false,
-                                   snapshotter: Bool = false) throws -> TestContainerd {
+                                   snapshotter: Bool = false, separateSnapshotter: Bool = false) throws -> TestContainerd {
         var config = extraConfig
+        var environment = nodeEnvironment(node)
+        if separateSnapshotter {
+            environment["KANGAROO_SNAPSHOTTER_SOCKET"] = "none"
+            try startSnapshotterDaemon(node)
+        }
         if snapshotter {
-            try startNodeDaemon(node)
+            if !separateSnapshotter { try startNodeDaemon(node) }
             config += """
 
             [proxy_plugins.kangaroo]
@@ -104,7 +111,25 @@ extension TestContainerd {
               address = "\(node.sub("snapshotter.sock"))"
             """
         }
-        return try TestContainerd(extraConfig: config, cri: cri, environment: nodeEnvironment(node))
+        return try TestContainerd(extraConfig: config, cri: cri, environment: environment)
+    }
+
+    /// A snapshotter-only node daemon for `node` (its own state directory),
+    /// detached; returns once its socket exists.
+    public static func startSnapshotterDaemon(_ node: TempDir) throws {
+        let log = node.sub("snapshotter.log")
+        func readyLines() -> Int {
+            ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").components(separatedBy: "node daemon ready").count
+        }
+        let before = readyLines()
+        try run("/bin/sh", ["-c", "setsid \(TestEnv.kangaroo) node --shim-socket none --snapshotter-socket '\(node.sub("snapshotter.sock"))' "
+                + "--root '\(node.sub("root"))' --state '\(node.sub("snapshotter-state"))' --log-level debug </dev/null >>'\(log)' 2>&1 &"], check: true)
+        for _ in 0..<200 {
+            if readyLines() > before { return }  // logged once both sockets listen
+            usleep(50_000)
+        }
+        throw NSError(domain: "TestContainerd", code: 3, userInfo: [NSLocalizedDescriptionKey:
+            "the snapshotter daemon did not start: " + ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").suffix(2000)])
     }
 
     /// Starts `kangaroo node` for `node` (detached, as the shim would) and
