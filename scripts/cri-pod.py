@@ -6,6 +6,9 @@ between runtime handlers.
     scripts/cri-pod.py SOCKET HANDLER IMAGE NAME [--containers N] [--keep]
     scripts/cri-pod.py SOCKET --remove-all
     scripts/cri-pod.py SOCKET --pull IMAGE   (127.0.0.1 registries only)
+    scripts/cri-pod.py SOCKET HANDLER IMAGE NAME --bad image|command|mount|resources
+        (a pod whose container is wrong in one way: prints the gRPC error of
+        the failing call, then removes the pod)
 
 Steps: ImageStatus (the image is already in containerd's k8s.io namespace),
 RunPodSandbox (host network), CreateContainer + StartContainer for N
@@ -36,6 +39,7 @@ def main():
     ap.add_argument("--containers", type=int, default=1)
     ap.add_argument("--log-dir", default=None)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--bad", choices=["image", "command", "mount", "resources"])
     ap.add_argument("--pull", metavar="IMAGE", help="PullImage IMAGE (a 127.0.0.1 registry), print its id and time")
     a = ap.parse_args()
 
@@ -80,6 +84,10 @@ def main():
     )
     pod = rt.RunPodSandbox(cri.RunPodSandboxRequest(config=pod_config, runtime_handler=a.handler), timeout=60).pod_sandbox_id
     out["sandbox_ready"] = rt.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=pod)).status.state == cri.SANDBOX_READY
+
+    if a.bad:
+        print(json.dumps(bad_container(rt, pod, pod_config, a.image, a.bad)))
+        return
 
     ids = []
     for i in range(a.containers):
@@ -140,6 +148,41 @@ def main():
     left = rt.ListPodSandbox(cri.ListPodSandboxRequest()).items
     out["pods_left"] = len([p for p in left if p.id == pod])
     print(json.dumps(out, sort_keys=True))
+
+
+def bad_container(rt, pod, pod_config, image, kind):
+    """CreateContainer + StartContainer of a container wrong in one way; the
+    error of the call that failed, what is left of the pod, then cleanup."""
+    cmd = ["/bin/sleep", "1000"]
+    mounts = []
+    resources = cri.LinuxContainerResources()
+    if kind == "image":
+        image = "kangaroo.test/no-such-image:latest"
+    elif kind == "command":
+        cmd = ["/no/such/binary"]
+    elif kind == "mount":
+        # A file over a directory: the bind mount cannot be made.
+        mounts = [cri.Mount(host_path="/etc/hostname", container_path="/bin")]
+    elif kind == "resources":
+        resources = cri.LinuxContainerResources(cpu_period=1, cpu_quota=1)  # the kernel's minimum period is 1000 us
+    cfg = cri.ContainerConfig(metadata=cri.ContainerMetadata(name="bad", attempt=0), image=cri.ImageSpec(image=image),
+                              command=cmd, mounts=mounts, log_path="bad.log", linux=cri.LinuxContainerConfig(resources=resources))
+    out = {}
+    try:
+        cid = rt.CreateContainer(cri.CreateContainerRequest(pod_sandbox_id=pod, config=cfg, sandbox_config=pod_config), timeout=60).container_id
+        out["created"] = True
+        rt.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=60)
+        out["started"] = True
+    except grpc.RpcError as e:
+        out["code"] = e.code().name
+        out["details"] = e.details()
+    containers = rt.ListContainers(cri.ListContainersRequest(filter=cri.ContainerFilter(pod_sandbox_id=pod))).containers
+    out["running_after"] = len([c for c in containers if c.state == cri.CONTAINER_RUNNING])
+    for c in containers:
+        rt.RemoveContainer(cri.RemoveContainerRequest(container_id=c.id), timeout=60)
+    rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+    rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+    return out
 
 
 if __name__ == "__main__":

@@ -67,9 +67,14 @@ public enum MountControl {
         return try? JSONDecoder().decode(State.self, from: data)
     }
 
+    /// The mount daemon's log (kept after a crash, for its cause).
+    public static func logPath(_ mountPoint: String) -> String { runDirectory + "/" + id(mountPoint) + ".log" }
+
+    /// A mount that ended cleanly leaves nothing in the run directory.
     public static func removeState(_ mountPoint: String) {
         try? FileManager.default.removeItem(atPath: statePath(mountPoint))
         try? FileManager.default.removeItem(atPath: statsPath(mountPoint))
+        try? FileManager.default.removeItem(atPath: logPath(mountPoint))
     }
 
     /// The last stats a mount's daemon wrote.

@@ -374,6 +374,13 @@ public actor SnapshotStore {
             } else {
                 Mounts.detachAll(under: [mountPoint])  // a dead server's mount
             }
+            // Nothing of the image stays but its chunks in the shared cache
+            // (rmdir, never a recursive delete: it fails on a mount point).
+            let dir = (mountPoint as NSString).deletingLastPathComponent
+            if rmdir(mountPoint) == 0 {
+                unlink(dir + "/mount.log")
+                rmdir(dir)
+            }
             logger.info("image unmounted: its last snapshot was removed", metadata: ["image": "\(image)"])
         } catch {
             logger.warning("cannot unmount image", metadata: ["image": "\(image)", "error": "\(error)"])

@@ -154,7 +154,7 @@ extension ImageCommand {
         /// Re-runs this command without --daemon in a new session and returns
         /// once its mount is up (or it failed).
         static func logPath(_ mountPoint: String) -> String {
-            MountControl.statePath(mountPoint).replacingOccurrences(of: ".json", with: ".log")
+            MountControl.logPath(mountPoint)
         }
 
         /// The daemon: the child forked at program start (main.swift), or,

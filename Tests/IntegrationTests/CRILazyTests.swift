@@ -94,4 +94,66 @@ final class CRILazyTests {
         // Every container removed: the image's lazy mount went with the last.
         #expect(lazyMounts() == 0, "\(nodeLog)")
     }
+
+    /// What a node daemon holds: its descendants, descriptors, RSS (KiB).
+    func daemonFootprint() -> (descendants: Int, fds: Int, rssKiB: Int) {
+        guard let pid = nodeDaemons(socket: node.sub("shim.sock")).first else { return (-1, -1, -1) }
+        let all = (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap { Int32($0) } ?? []
+        var parent: [Int32: Int32] = [:]
+        for p in all {
+            guard let stat = try? String(contentsOfFile: "/proc/\(p)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+            if fields.count > 1, let pp = Int32(fields[1]) { parent[p] = pp }
+        }
+        func descends(_ p: Int32) -> Bool {
+            var c = parent[p]
+            while let x = c, x > 1 { if x == pid { return true }; c = parent[x] }
+            return false
+        }
+        let fds = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).count
+        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        let rss = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }.flatMap { Int($0.split(separator: " ")[1]) } ?? -1
+        return (all.filter(descends).count, fds, rss)
+    }
+
+    func files(below dir: String) -> Int {
+        (FileManager.default.enumerator(atPath: dir)?.allObjects.count) ?? 0
+    }
+
+    func cgroups(named parent: String) -> Int {
+        let out = (try? run("/bin/sh", ["-c", "find /sys/fs/cgroup -mindepth 2 -path '*/\(parent)/*' -type d 2>/dev/null | wc -l"]).stdout) ?? ""
+        return Int(out.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+    }
+
+    @Test("200 pod create/remove cycles leave no process, mount, cgroup, state file or descriptor behind; the daemon's RSS stays flat")
+    func noLeaksOver200Pods() throws {
+        let pulled = try run("python3", [script, containerd.socket, "--pull", reference])
+        #expect(pulled.status == 0, "\(pulled.output)")
+        let burst = TestEnv.repoRoot + "/bench/node/cri-burst.py"
+        let parent = "kangaroo-leak-\(getpid())"
+        func round() throws {
+            let r = try run("python3", [burst, containerd.socket, "kangaroo", reference, "10", "/" + parent])
+            let o = json(r)
+            #expect(o["ok"] as? Int == 10, "\(r.output)\n\(nodeLog)")
+        }
+        try round()  // warm-up: the daemon's pools, caches and threads
+        let before = daemonFootprint()
+        let stateFiles = files(below: node.sub("state"))
+        for _ in 0..<19 { try round() }
+        let after = daemonFootprint()
+        #expect(after.descendants == before.descendants, "processes under the daemon: \(before.descendants) -> \(after.descendants)")
+        #expect(after.fds <= before.fds + 2, "descriptors: \(before.fds) -> \(after.fds)")
+        #expect(files(below: node.sub("state")) == stateFiles)
+        #expect(lazyMounts() == 0)
+        let mounts = ((try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "").split(separator: "\n")
+            .filter { $0.contains(" " + node.path + "/") || $0.contains(" " + containerd.dir.path + "/") }
+        #expect(mounts.isEmpty, "\(mounts)")
+        #expect(cgroups(named: parent) == 0)
+        let pods = try run("/usr/bin/ctr", containerd.ctr + ["-n", "k8s.io", "task", "ls", "-q"]).stdout
+        #expect(pods.isEmpty, "\(pods)")
+        // RSS: flat means at most 25 % (and 8 MiB) above the warmed-up value.
+        #expect(after.rssKiB <= before.rssKiB + max(8192, before.rssKiB / 4), "daemon RSS \(before.rssKiB) KiB -> \(after.rssKiB) KiB")
+        print("leak check: daemon RSS \(before.rssKiB) -> \(after.rssKiB) KiB, fds \(before.fds) -> \(after.fds), descendants \(before.descendants) -> \(after.descendants)")
+    }
 }

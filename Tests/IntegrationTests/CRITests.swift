@@ -95,4 +95,26 @@ final class CRITests {
             .split(separator: "\n").filter { $0.contains(" " + containerd.dir.path + "/") }
         #expect(mounts.isEmpty, "\(mounts)")
     }
+
+    @Test("bad input through CRI fails under both handlers with a message naming what is wrong, and leaves nothing",
+          arguments: [("image", "no-such-image"), ("command", "/no/such/binary"), ("mount", "/bin"), ("resources", "cpu")])
+    func badInput(kind: String, named: String) throws {
+        for handler in ["runc", "kangaroo"] {
+            let r = try run("python3", [script, containerd.socket, handler, image, "bad-\(kind)-\(handler)",
+                                        "--log-dir", node.sub("logs/bad-\(kind)-\(handler)"), "--bad", kind])
+            let o = (try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]) ?? [:]
+            #expect(r.status == 0 && o["code"] != nil, "\(handler) \(kind): \(r.output)")
+            #expect(o["running_after"] as? Int == 0, "\(handler) \(kind): \(o)")
+            if handler == "kangaroo" {
+                let details = (o["details"] as? String ?? "").lowercased()
+                #expect(details.contains(named.lowercased()), "\(kind): \(o)")
+            }
+        }
+        #expect(try run("/usr/bin/ctr", containerd.ctr + ["-n", "k8s.io", "task", "ls", "-q"]).stdout.isEmpty)
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: node.sub("state/runtime/k8s.io"))) ?? []
+        #expect(left.isEmpty, "container state left: \(left)")
+        let mounts = ((try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "")
+            .split(separator: "\n").filter { $0.contains(" " + containerd.dir.path + "/") }
+        #expect(mounts.isEmpty, "\(mounts)")
+    }
 }

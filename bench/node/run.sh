@@ -1,16 +1,19 @@
 #!/bin/bash
 # bench/node: containerd with runc's shim against the kangaroo node daemon,
-# side by side in one private containerd (Debian's 1.6, overlayfs
-# snapshotter, the sample image imported from the test images).
+# side by side in one private containerd (Debian's 1.6):
+#   runc:     io.containerd.runc.v2, overlayfs, the OCI sample image (imported)
+#   kangaroo: io.containerd.kangaroo.v2, overlayfs, the same OCI image
+#   lazy:     io.containerd.kangaroo.v2, the kangaroo snapshotter, the Kangaroo
+#             sample image (ctr-remote rpull from a docker-registry on
+#             127.0.0.1), the chunk cache emptied before every run
 #
 #   bench/node/run.sh [RUNS]      (KANGAROO_BIN, default .build/release/kangaroo)
 #
-# Reports, per runtime: `ctr run --rm IMAGE ID /bin/true` (median and p95
-# over RUNS, default 30, the two runtimes alternating run by run), and host
-# memory per idle task: the PSS of every shim / daemon process divided by
-# the number of `sleep` tasks, with 1 and 10 tasks (and 50 with N50=1).
-# Not yet: the CRI pod figures of issue 9 (they need the CRI path and the
-# snapshotter, which are not built).
+# Reports, per column: `ctr run --rm IMAGE ID /bin/true` (median and p95
+# over RUNS, default 30, the columns alternating run by run), and host
+# memory per idle task: the PSS of every shim / daemon / lazy-mount process
+# divided by the number of `sleep` tasks, with 1 and 10 tasks (and 50 with
+# N50=1). The CRI figures are bench/node/cri.sh.
 set -euo pipefail
 RUNS=${1:-30}
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
@@ -22,6 +25,7 @@ IMAGES=${KANGAROO_TESTIMAGES:-/var/cache/kangaroo/testimages}
 [ -d "$IMAGES/sample" ] || bash "$HERE/scripts/testimages/build-all.sh" --sample-only >/dev/null
 W=$(mktemp -d /tmp/kangaroo-bench-node-XXXXXX)
 CTRD_PID=
+REG_PID=
 cleanup() {
     set +e
     for id in $(ctr --address $W/sock task ls -q 2>/dev/null); do ctr --address $W/sock task kill -s KILL $id; done 2>/dev/null
@@ -30,6 +34,8 @@ cleanup() {
         ctr --address $W/sock task delete -f $id >/dev/null 2>&1; ctr --address $W/sock containers rm $id >/dev/null 2>&1
     done
     pkill -TERM -f "kangaroo node --state $W/node" 2>/dev/null
+    pkill -TERM -f "kangaroo node --shim-socket $W/shim.sock" 2>/dev/null
+    [ -n "$REG_PID" ] && kill $REG_PID 2>/dev/null
     [ -n "$CTRD_PID" ] && kill $CTRD_PID 2>/dev/null && wait $CTRD_PID 2>/dev/null
     sleep 0.3
     grep " $W/" /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r -n1 umount -l 2>/dev/null
@@ -45,31 +51,54 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   address = "$W/sock"
 [ttrpc]
   address = "$W/sock.ttrpc"
+[proxy_plugins.kangaroo]
+  type = "snapshot"
+  address = "$W/snap.sock"
 CFG
-PATH=$BIN:$PATH KANGAROO_BIN=$K KANGAROO_SHIM_SOCKET=$W/shim.sock KANGAROO_NODE_STATE=$W/node \
-    containerd --config $W/config.toml >$W/containerd.log 2>&1 &
+NODE_ENV=(PATH=$BIN:$PATH KANGAROO_BIN=$K KANGAROO_SHIM_SOCKET=$W/shim.sock KANGAROO_NODE_STATE=$W/node
+          KANGAROO_NODE_ROOT=$W/noderoot KANGAROO_SNAPSHOTTER_SOCKET=$W/snap.sock)
+env "${NODE_ENV[@]}" setsid "$K" node --shim-socket $W/shim.sock --log-level warning </dev/null >$W/node.log 2>&1 &
+for _ in $(seq 100); do [ -S $W/snap.sock ] && [ -S $W/shim.sock ] && break; sleep 0.05; done
+env "${NODE_ENV[@]}" containerd --config $W/config.toml >$W/containerd.log 2>&1 &
 CTRD_PID=$!
 for _ in $(seq 100); do [ -S $W/sock.ttrpc ] && ctr --address $W/sock version >/dev/null 2>&1 && break; sleep 0.05; done
 C="ctr --address $W/sock"
 tar -C $IMAGES/sample -cf $W/sample.tar .
 $C images import --index-name kangaroo.test/sample:latest $W/sample.tar >/dev/null
 IMG=kangaroo.test/sample:latest
+# The Kangaroo image in a docker-registry on 127.0.0.1, pulled lazily.
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p $W/registry
+printf 'version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\nstorage: {filesystem: {rootdirectory: %s}}\nhttp: {addr: 127.0.0.1:%s}\n' \
+    $W/registry/data $PORT > $W/registry/config.yml
+docker-registry serve $W/registry/config.yml >$W/registry/log 2>&1 &
+REG_PID=$!
+for _ in $(seq 100); do curl -sf http://127.0.0.1:$PORT/v2/ >/dev/null && break; sleep 0.1; done
+LAZY=127.0.0.1:$PORT/bench/sample:kangaroo
+"$K" image convert --quiet --store $W/kstore oci:$IMAGES/sample:latest $LAZY >/dev/null
+ctr-remote --address $W/sock image rpull --plain-http --snapshotter kangaroo $LAZY >/dev/null
 RT_RUNC="--runtime io.containerd.runc.v2"
 RT_K="--runtime io.containerd.kangaroo.v2"
-# Warm up both (the first kangaroo run starts the daemon).
-$C run --rm $RT_RUNC $IMG warm-r true; $C run --rm $RT_K $IMG warm-k true
+RT_L="--runtime io.containerd.kangaroo.v2 --snapshotter kangaroo"
+# Every lazy run's mount is gone once its container is: its cache files go.
+clear_cache() { rm -rf $W/noderoot/cache; }
+# Warm up all three.
+$C run --rm $RT_RUNC $IMG warm-r true; $C run --rm $RT_K $IMG warm-k true; $C run --rm $RT_L $LAZY warm-l true
 
 ms() { date +%s%N; }
-: > $W/runc.ms; : > $W/kangaroo.ms
+: > $W/runc.ms; : > $W/kangaroo.ms; : > $W/lazy.ms
 for i in $(seq $RUNS); do
     t0=$(ms); $C run --rm $RT_RUNC $IMG r$i /bin/true; t1=$(ms); echo $(( (t1 - t0) / 1000 )) >> $W/runc.ms
     t0=$(ms); $C run --rm $RT_K $IMG k$i /bin/true; t1=$(ms); echo $(( (t1 - t0) / 1000 )) >> $W/kangaroo.ms
+    clear_cache
+    t0=$(ms); $C run --rm $RT_L $LAZY l$i /bin/true; t1=$(ms); echo $(( (t1 - t0) / 1000 )) >> $W/lazy.ms
 done
 stat_line() {  # median and p95 of microsecond samples, in ms
     sort -n "$1" | awk '{a[NR]=$1} END {m=a[int((NR+1)/2)]; p=a[int(NR*0.95+0.999)]; printf "%.1f %.1f", m/1000, p/1000}'
 }
 read rm rp <<<"$(stat_line $W/runc.ms)"
 read km kp <<<"$(stat_line $W/kangaroo.ms)"
+read lm lp <<<"$(stat_line $W/lazy.ms)"
 
 # PSS of the processes that serve tasks: runc's shims, or the node daemon.
 pss() {  # pids... -> total PSS in KiB
@@ -80,13 +109,14 @@ pss() {  # pids... -> total PSS in KiB
 shim_pids() {
     case $1 in
         runc) pgrep -f "containerd-shim-runc-v2 -namespace default -id" -d ' ' || true ;;
-        kangaroo) pgrep -f "kangaroo node --state $W/node" -d ' ' || true ;;
+        kangaroo|lazy) { pgrep -f "kangaroo node --shim-socket $W/shim.sock"; pgrep -f "image mount .* $W/noderoot" ; } | tr '\n' ' ' || true ;;
     esac
 }
 mem_row() {  # runtime count
     local r=$1 n=$2 rt
-    [ $r = runc ] && rt=$RT_RUNC || rt=$RT_K
-    for i in $(seq $n); do $C run -d $rt $IMG idle-$r-$i sleep 3600 >/dev/null; done
+    local img=$IMG
+    case $r in runc) rt=$RT_RUNC ;; kangaroo) rt=$RT_K ;; lazy) rt=$RT_L; img=$LAZY ;; esac
+    for i in $(seq $n); do $C run -d $rt $img idle-$r-$i sleep 3600 >/dev/null; done
     sleep 1
     local total; total=$(pss $(shim_pids $r))
     for i in $(seq $n); do $C task kill -s KILL idle-$r-$i >/dev/null 2>&1; done
@@ -99,11 +129,12 @@ COUNTS="1 10"
 CPU=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p')
 echo "bench/node: $RUNS runs each, alternating; $(nproc) cores, $CPU, load $(cut -d' ' -f1 /proc/loadavg)"
 echo
-echo "| measurement | runc shim (io.containerd.runc.v2) | kangaroo node daemon (io.containerd.kangaroo.v2) | kangaroo / runc |"
-echo "|---|---:|---:|---:|"
-echo "| ctr run --rm /bin/true, median ms | $rm | $km | $(awk -v a=$km -v b=$rm 'BEGIN {printf "%.2f", a/b}') |"
-echo "| ctr run --rm /bin/true, p95 ms | $rp | $kp | $(awk -v a=$kp -v b=$rp 'BEGIN {printf "%.2f", a/b}') |"
+ratio() { awk -v a=$1 -v b=$2 'BEGIN {printf "%.2f", a/b}'; }
+echo "| measurement | runc shim, overlayfs, OCI image | kangaroo daemon, overlayfs, OCI image | kangaroo daemon + snapshotter, lazy image, empty cache | kangaroo / runc | lazy / runc |"
+echo "|---|---:|---:|---:|---:|---:|"
+echo "| ctr run --rm /bin/true, median ms | $rm | $km | $lm | $(ratio $km $rm) | $(ratio $lm $rm) |"
+echo "| ctr run --rm /bin/true, p95 ms | $rp | $kp | $lp | $(ratio $kp $rp) | $(ratio $lp $rp) |"
 for n in $COUNTS; do
-    r=$(mem_row runc $n); k=$(mem_row kangaroo $n)
-    echo "| PSS per idle task, $n task(s), MiB | $r | $k | $(awk -v a=$k -v b=$r 'BEGIN {printf "%.2f", a/b}') |"
+    r=$(mem_row runc $n); k=$(mem_row kangaroo $n); l=$(mem_row lazy $n)
+    echo "| PSS per idle task, $n task(s), MiB | $r | $k | $l | $(ratio $k $r) | $(ratio $l $r) |"
 done
