@@ -54,6 +54,7 @@ public struct SnapshotService: Containerd_Services_Snapshots_V1_Snapshots.Simple
     public func remove(request: Containerd_Services_Snapshots_V1_RemoveSnapshotRequest, context: ServerContext) async throws
         -> Google_Protobuf_Empty {
         try await call("Remove", request.key) {
+            logger.debug("remove", metadata: ["key": "\(request.key)"])
             try await store.remove(key: request.key)
             return Google_Protobuf_Empty()
         }

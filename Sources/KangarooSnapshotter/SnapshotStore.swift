@@ -101,7 +101,20 @@ public actor SnapshotStore {
         if let role = labels[SnapshotLabels.kangarooLayer] {
             try createRemoteLayer(key: key, parent: parent, labels: labels, role: role)
         }
-        guard snapshots[key] == nil else { throw SnapshotterError(.alreadyExists, "snapshot \(key) already exists") }
+        if let existing = snapshots[key] {
+            // The same request again (same parent, kind and labels): under
+            // bursts of CRI CreateContainer the same backend key was seen
+            // twice within a second, which containerd's metadata store never
+            // issues for two different snapshots (its keys carry a fresh
+            // sequence number), so it is the one request delivered again;
+            // it gets the snapshot's mounts. Anything else is a conflict.
+            if existing.kind == (readonly ? .view : .active), existing.parent == (parent.isEmpty ? nil : parent),
+               existing.labels == labels {
+                logger.notice("repeated Prepare answered with the existing snapshot", metadata: ["key": "\(key)"])
+                return try await mounts(of: existing)
+            }
+            throw SnapshotterError(.alreadyExists, "snapshot \(key) already exists")
+        }
         let parentName: String? = parent.isEmpty ? nil : parent
         if let parentName {
             guard let p = snapshots[parentName] else { throw SnapshotterError(.notFound, "parent snapshot \(parentName) does not exist") }
