@@ -101,7 +101,7 @@ let package = Package(
         .testTarget(name: "KangarooImageTests", dependencies: ["KangarooImage"]),
         .testTarget(name: "KangarooFUSETests", dependencies: ["KangarooFUSE"]),
         .testTarget(name: "KangarooLazyFSTests", dependencies: ["KangarooLazyFS", "KangarooTestSupport"]),
-        .testTarget(name: "KangarooRuntimeTests", dependencies: ["KangarooRuntime"]),
+        .testTarget(name: "KangarooRuntimeTests", dependencies: ["KangarooRuntime", "KangarooTestSupport"]),
         .testTarget(name: "KangarooShimTests", dependencies: ["ContainerdAPI", "KangarooShim", "KangarooTestSupport"]),
         .testTarget(name: "KangarooSnapshotterTests", dependencies: ["ContainerdAPI", "KangarooSnapshotter"]),
         .testTarget(name: "IntegrationTests", dependencies: ["KangarooOCI", "KangarooImage", "KangarooSystem", "KangarooTestSupport"]),

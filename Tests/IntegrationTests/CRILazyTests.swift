@@ -18,22 +18,7 @@ final class CRILazyTests {
 
     init() throws {
         node = try TempDir("cri-lazy-node")
-        let cri = """
-        [plugins."io.containerd.grpc.v1.cri"]
-          sandbox_image = "kangaroo.test/pause:pause"
-          restrict_oom_score_adj = true
-          [plugins."io.containerd.grpc.v1.cri".containerd]
-            snapshotter = "kangaroo"
-            disable_snapshot_annotations = false
-            default_runtime_name = "runc"
-            [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-              runtime_type = "io.containerd.runc.v2"
-            [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kangaroo]
-              runtime_type = "io.containerd.kangaroo.v2"
-          [plugins."io.containerd.grpc.v1.cri".cni]
-            bin_dir = "/usr/lib/cni"
-            conf_dir = "\(node.sub("cni"))"
-        """
+        let cri = criConfig(node: node, snapshotter: "kangaroo")
         containerd = try TestContainerd.forKangaroo(node: node, extraConfig: cri, cri: true, snapshotter: true)
         let tar = containerd.dir.sub("pause.tar")
         try run("/bin/tar", ["-C", TestEnv.images + "/pause", "-cf", tar, "."], check: true)
@@ -48,11 +33,7 @@ final class CRILazyTests {
 
     deinit {
         _ = try? run("python3", [script, containerd.socket, "--remove-all"])
-        for pid in nodeDaemons(socket: node.sub("shim.sock")) { kill(pid, SIGTERM) }
-        containerd.stop()
-        for _ in 0..<50 where !nodeDaemons(socket: node.sub("shim.sock")).isEmpty { usleep(100_000) }
-        for pid in nodeDaemons(socket: node.sub("shim.sock")) { kill(pid, SIGKILL) }
-        unmountAll(below: node.path)
+        tearDownNode(node, containerd: containerd)
     }
 
     var nodeLog: String { String(((try? String(contentsOfFile: node.sub("node.log"), encoding: .utf8)) ?? "").suffix(3000)) }
@@ -71,7 +52,7 @@ final class CRILazyTests {
     }
 
     func lazyMounts() -> Int {
-        ((try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "").split(separator: "\n")
+        (procText("/proc/self/mountinfo") ?? "").split(separator: "\n")
             .filter { $0.contains(" " + node.sub("root/snapshotter/images") + "/") }.count
     }
 
@@ -156,7 +137,7 @@ final class CRILazyTests {
         #expect(after.descendants == before.descendants, "processes under the daemon: \(before.descendants) -> \(after.descendants)")
         #expect(after.fds <= before.fds + 2, "descriptors: \(before.fds) -> \(after.fds)")
         #expect(files(below: node.sub("state")) == stateFiles)
-        let mounts = ((try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "").split(separator: "\n")
+        let mounts = (procText("/proc/self/mountinfo") ?? "").split(separator: "\n")
             .filter { ($0.contains(" " + node.path + "/") || $0.contains(" " + containerd.dir.path + "/")) && !$0.contains("fuse.kangaroo") }
         #expect(mounts.isEmpty, "\(mounts)")
         #expect(cgroups(named: parent) == 0)

@@ -16,21 +16,7 @@ final class CRITests {
 
     init() throws {
         node = try TempDir("cri-node")
-        let cri = """
-        [plugins."io.containerd.grpc.v1.cri"]
-          sandbox_image = "kangaroo.test/pause:pause"
-          restrict_oom_score_adj = true
-          [plugins."io.containerd.grpc.v1.cri".containerd]
-            snapshotter = "overlayfs"
-            default_runtime_name = "runc"
-            [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-              runtime_type = "io.containerd.runc.v2"
-            [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kangaroo]
-              runtime_type = "io.containerd.kangaroo.v2"
-          [plugins."io.containerd.grpc.v1.cri".cni]
-            bin_dir = "/usr/lib/cni"
-            conf_dir = "\(node.sub("cni"))"
-        """
+        let cri = criConfig(node: node, snapshotter: "overlayfs")
         containerd = try TestContainerd.forKangaroo(node: node, extraConfig: cri, cri: true)
         // Named by their ref.name under a base name: kangaroo.test/pause:pause,
         // kangaroo.test/sample:latest (no extra import-* names for CRI to trip on).
@@ -43,10 +29,7 @@ final class CRITests {
 
     deinit {
         _ = try? run("python3", [script, containerd.socket, "--remove-all"])
-        for pid in daemons() { kill(pid, SIGTERM) }
-        containerd.stop()
-        for _ in 0..<50 where !daemons().isEmpty { usleep(100_000) }
-        for pid in daemons() { kill(pid, SIGKILL) }
+        tearDownNode(node, containerd: containerd)
     }
 
     func daemons() -> [Int32] { nodeDaemons(socket: node.sub("shim.sock")) }
@@ -91,7 +74,7 @@ final class CRITests {
         let removed = try run("python3", [script, containerd.socket, "--remove-all"])
         #expect(removed.stdout.contains("\"removed\": 3"), "\(removed.output)")
         #expect(try run("/usr/bin/ctr", containerd.ctr + ["-n", "k8s.io", "task", "ls", "-q"]).stdout.isEmpty)
-        let mounts = ((try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "")
+        let mounts = (procText("/proc/self/mountinfo") ?? "")
             .split(separator: "\n").filter { $0.contains(" " + containerd.dir.path + "/") }
         #expect(mounts.isEmpty, "\(mounts)")
     }
@@ -113,7 +96,7 @@ final class CRITests {
         #expect(try run("/usr/bin/ctr", containerd.ctr + ["-n", "k8s.io", "task", "ls", "-q"]).stdout.isEmpty)
         let left = (try? FileManager.default.contentsOfDirectory(atPath: node.sub("state/runtime/k8s.io"))) ?? []
         #expect(left.isEmpty, "container state left: \(left)")
-        let mounts = ((try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "")
+        let mounts = (procText("/proc/self/mountinfo") ?? "")
             .split(separator: "\n").filter { $0.contains(" " + containerd.dir.path + "/") }
         #expect(mounts.isEmpty, "\(mounts)")
     }

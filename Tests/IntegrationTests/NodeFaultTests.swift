@@ -25,13 +25,7 @@ final class NodeFaultTests {
         try run("/usr/bin/ctr-remote", containerd.ctr + ["image", "rpull", "--plain-http", "--snapshotter", "kangaroo", reference], check: true)
     }
 
-    deinit {
-        for pid in nodeDaemons(socket: node.sub("shim.sock")) { kill(pid, SIGTERM) }
-        containerd.stop()
-        for _ in 0..<50 where !nodeDaemons(socket: node.sub("shim.sock")).isEmpty { usleep(100_000) }
-        for pid in nodeDaemons(socket: node.sub("shim.sock")) { kill(pid, SIGKILL) }
-        unmountAll(below: node.path)
-    }
+    deinit { tearDownNode(node, containerd: containerd) }
 
     var nodeLog: String { String(((try? String(contentsOfFile: node.sub("node.log"), encoding: .utf8)) ?? "").suffix(3000)) }
 
@@ -89,7 +83,7 @@ final class NodeFaultTests {
 
     /// Mounts below the node directory (container rootfs, lazy mounts).
     func mountCount() -> Int {
-        ((try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "").split(separator: "\n")
+        (procText("/proc/self/mountinfo") ?? "").split(separator: "\n")
             .filter { $0.contains(" " + node.path + "/") }.count
     }
 
@@ -141,13 +135,7 @@ final class SnapshotterRestartTests {
         try run("/usr/bin/ctr-remote", containerd.ctr + ["image", "rpull", "--plain-http", "--snapshotter", "kangaroo", reference], check: true)
     }
 
-    deinit {
-        for pid in nodeDaemons(socket: node.sub("shim.sock")) + snapshotters() { kill(pid, SIGTERM) }
-        containerd.stop()
-        for _ in 0..<50 where !(nodeDaemons(socket: node.sub("shim.sock")) + snapshotters()).isEmpty { usleep(100_000) }
-        for pid in nodeDaemons(socket: node.sub("shim.sock")) + snapshotters() { kill(pid, SIGKILL) }
-        unmountAll(below: node.path)
-    }
+    deinit { tearDownNode(node, containerd: containerd, sockets: [node.sub("shim.sock"), node.sub("snapshotter.sock")]) }
 
     func snapshotters() -> [Int32] { nodeDaemons(socket: node.sub("snapshotter.sock")) }
 
@@ -157,7 +145,7 @@ final class SnapshotterRestartTests {
     }
 
     func lazyMounts() -> Int {
-        ((try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "").split(separator: "\n")
+        (procText("/proc/self/mountinfo") ?? "").split(separator: "\n")
             .filter { $0.contains(" " + node.sub("root/snapshotter/images") + "/") }.count
     }
 

@@ -27,7 +27,7 @@ final class RunFixture {
 
     /// Mount points below the fixture's directory.
     func mounts() -> [String] {
-        let text = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        let text = procText("/proc/self/mountinfo") ?? ""
         return text.split(separator: "\n").compactMap { line in
             let f = line.split(separator: " ")
             return f.count > 4 && f[4].hasPrefix(tmp.path + "/") ? String(f[4]) : nil
@@ -36,7 +36,7 @@ final class RunFixture {
 
     /// Mount point -> (file system type, super options) for mounts below the fixture's directory.
     func mountTable() -> [String: (type: String, options: String)] {
-        let text = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        let text = procText("/proc/self/mountinfo") ?? ""
         var table: [String: (type: String, options: String)] = [:]
         for line in text.split(separator: "\n") {
             let halves = line.components(separatedBy: " - ")

@@ -21,12 +21,7 @@ final class ShimTests {
         try run("/usr/bin/ctr", containerd.ctr + ["images", "import", "--index-name", image, tar], check: true)
     }
 
-    deinit {
-        for pid in daemons() { kill(pid, SIGTERM) }
-        containerd.stop()
-        for _ in 0..<50 where !daemons().isEmpty { usleep(100_000) }
-        for pid in daemons() { kill(pid, SIGKILL) }
-    }
+    deinit { tearDownNode(node, containerd: containerd) }
 
     @discardableResult
     func ctr(_ args: [String], check: Bool = false) throws -> CommandResult {
@@ -52,7 +47,7 @@ final class ShimTests {
     }
 
     func mountsBelow(_ dir: String) -> Int {
-        ((try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "").split(separator: "\n")
+        (procText("/proc/self/mountinfo") ?? "").split(separator: "\n")
             .filter { $0.contains(" " + dir + "/") }.count
     }
 

@@ -42,7 +42,7 @@ final class MountTemp: @unchecked Sendable {
 }
 
 func mountType(_ path: String) -> String? {
-    guard let text = try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8) else { return nil }
+    guard let text = procText("/proc/self/mounts") else { return nil }
     var found: String?
     for line in text.split(separator: "\n") {
         let f = line.split(separator: " ")

@@ -129,11 +129,13 @@ struct LazyMountIntegrationTests {
         usleep(1_500_000)  // the daemon writes its stats file every second
         let stats = try tmp.kangaroo(["image", "stats", "--json", tmp.sub("fuse")])
         #expect(stats.stdout.contains("\"verificationFailures\" : 1") || stats.stdout.range(of: "\"verificationFailures\" : [1-9]", options: .regularExpression) != nil, "\(stats.stdout)")
-        try tmp.kangaroo(["image", "umount", tmp.sub("fuse")])
+        // The daemon's log, read while it runs (a clean unmount removes it).
         let logs = (try? FileManager.default.contentsOfDirectory(atPath: tmp.runDir))?.filter { $0.hasSuffix(".log") } ?? []
         let log = logs.compactMap { try? String(contentsOfFile: tmp.runDir + "/" + $0, encoding: .utf8) }.joined()
+        try tmp.kangaroo(["image", "umount", tmp.sub("fuse")])
         #expect(log.contains("failed verification and is not served"), "\(log.suffix(1000))")
         #expect(log.range(of: "chunk [0-9]+ \\(blob sha256:", options: .regularExpression) != nil)
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: tmp.runDir)) ?? []).isEmpty, "the unmount left files in the run directory")
     }
 
     @Test("disk full: reads that cannot be cached get EIO, never wrong bytes; the cache stays consistent across a remount")

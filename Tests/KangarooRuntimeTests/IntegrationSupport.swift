@@ -1,4 +1,5 @@
 import Foundation
+import KangarooTestSupport
 import Testing
 @testable import KangarooRuntime
 
@@ -113,7 +114,7 @@ enum Harness {
     }
 
     static func mountCount() -> Int {
-        ((try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "").split(separator: "\n").count
+        (procText("/proc/self/mountinfo") ?? "").split(separator: "\n").count
     }
 
     static func cgroupExists(_ path: String) -> Bool {

@@ -1,4 +1,5 @@
 import Foundation
+import KangarooTestSupport
 import Testing
 @testable import KangarooRuntime
 
@@ -25,7 +26,7 @@ final class RuntimeEngineTests {
             waitpid(c, &st, 0)
         }
         // containerd's overlay snapshots and podman's storage may hold mounts.
-        if let mi = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) {
+        if let mi = procText("/proc/self/mountinfo") {
             for line in mi.split(separator: "\n").reversed() {
                 let f = line.split(separator: " ")
                 if f.count > 4, f[4].hasPrefix(dir) { _ = umount2(String(f[4]), Int32(MNT_DETACH)) }

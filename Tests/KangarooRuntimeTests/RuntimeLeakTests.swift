@@ -1,4 +1,5 @@
 import Foundation
+import KangarooTestSupport
 import Testing
 @testable import KangarooRuntime
 
@@ -9,7 +10,7 @@ struct RuntimeLeakTests {
     /// and by cgroup). (Host-wide counts are
     /// not used: other tests and other programs mount and open things too.)
     static func snapshot(_ root: String, bundle: String) -> (mounts: Int, stateDirs: Int, cgroups: Int, procs: Int, openFiles: Int) {
-        let mi = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        let mi = procText("/proc/self/mountinfo") ?? ""
         let mounts = mi.split(separator: "\n").filter { $0.contains(testRootfs) || $0.contains(bundle) }.count
         let cg = ["memory", "pids", "cpu", "freezer", "devices", "unified"].map { h in
             (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup/\(h)"))?.filter { $0.hasPrefix("kangaroo-test-leak") }.count ?? 0

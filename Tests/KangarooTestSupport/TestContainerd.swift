@@ -184,3 +184,38 @@ public func nodeDaemons(socket: String) -> [Int32] {
         return cmd.contains("node\u{0}") && cmd.contains(socket)
     }
 }
+
+/// containerd's CRI plugin section for the tests: the `pause` test image as
+/// sandbox image, handlers `runc` and `kangaroo`, `snapshotter` for every
+/// pod (with the annotations a remote snapshotter needs), CNI config in `node`.
+public func criConfig(node: TempDir, snapshotter: String) -> String {
+    """
+    [plugins."io.containerd.grpc.v1.cri"]
+      sandbox_image = "kangaroo.test/pause:pause"
+      restrict_oom_score_adj = true
+      [plugins."io.containerd.grpc.v1.cri".containerd]
+        snapshotter = "\(snapshotter)"
+        disable_snapshot_annotations = false
+        default_runtime_name = "runc"
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+          runtime_type = "io.containerd.runc.v2"
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kangaroo]
+          runtime_type = "io.containerd.kangaroo.v2"
+      [plugins."io.containerd.grpc.v1.cri".cni]
+        bin_dir = "/usr/lib/cni"
+        conf_dir = "\(node.sub("cni"))"
+    """
+}
+
+/// A test's teardown: SIGTERM to the node daemons serving `sockets` (the
+/// shim socket of `node` by default), containerd stopped, SIGKILL to the
+/// daemons still there after 5 s, every mount below `node` detached.
+public func tearDownNode(_ node: TempDir, containerd: TestContainerd, sockets: [String]? = nil) {
+    let paths = sockets ?? [node.sub("shim.sock")]
+    func daemons() -> [Int32] { paths.flatMap { nodeDaemons(socket: $0) } }
+    for pid in daemons() { kill(pid, SIGTERM) }
+    containerd.stop()
+    for _ in 0..<50 where !daemons().isEmpty { usleep(100_000) }
+    for pid in daemons() { kill(pid, SIGKILL) }
+    unmountAll(below: node.path)
+}

@@ -63,7 +63,7 @@ public func run(_ program: String, _ args: [String], env extra: [String: String]
 
 /// Detaches everything mounted at or below `path`, deepest first.
 public func unmountAll(below path: String) {
-    guard let mounts = try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8) else { return }
+    guard let mounts = procText("/proc/self/mounts") else { return }
     let targets = mounts.split(separator: "\n").compactMap { line -> String? in
         let f = line.split(separator: " ")
         guard f.count > 1 else { return nil }
@@ -95,3 +95,22 @@ public func expectSameTree(_ left: String, _ right: String, extra: [String] = []
     #expect(r.stdout.contains("0 differences"), "\(what): \(r.output.suffix(500))", sourceLocation: sourceLocation)
 }
 
+
+/// A /proc file read to its end. Foundation's String(contentsOfFile:) stops
+/// after one read(2) of a file whose size stat reports as 0, and procfs hands
+/// out whole records per read: /proc/self/mountinfo of a busy machine came
+/// back short, so mounts seemed absent.
+public func procText(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n < 0 { if errno == EINTR { continue }; return nil }
+        if n == 0 { break }
+        bytes += chunk[0..<n]
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
