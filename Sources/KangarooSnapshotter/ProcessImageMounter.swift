@@ -28,8 +28,7 @@ public struct ProcessImageMounter: ImageMounter {
         let log = (mountPoint as NSString).deletingLastPathComponent + "/mount.log"
         try? FileManager.default.removeItem(atPath: log)
         let args = ["image", "mount", "--store", store, "--quiet", "--cache", cache, "--daemon", reference, mountPoint]
-        let pid = try Spawn.start(executable, args, .init(log: log))
-        let status = await wait(pid)
+        let status = try await run(args, log: log)
         guard status == 0, isMounted(mountPoint) else {
             let text = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
             throw SnapshotterError(.unavailable, "kangaroo image mount \(reference) exited with status \(status): \(text.suffix(1500))")
@@ -45,11 +44,20 @@ public struct ProcessImageMounter: ImageMounter {
         try MountControl.unmount(mountPoint)
     }
 
-    /// The exit code of a child (128 + signal when killed).
-    private func wait(_ pid: pid_t) async -> Int32 {
-        await withCheckedContinuation { (c: CheckedContinuation<Int32, Never>) in
-            let decode: @Sendable (Int32) -> Int32 = { status in
-                (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    /// Runs the executable and returns its exit code (128 + signal when
+    /// killed). Spawn and watch happen back to back on one thread, with no
+    /// suspension between them (the reaper also keeps a late watch's status).
+    private func run(_ args: [String], log: String) async throws -> Int32 {
+        let decode: @Sendable (Int32) -> Int32 = { status in
+            (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        }
+        let executable = self.executable
+        let reaper = self.reaper
+        return try await withCheckedThrowingContinuation { (c: CheckedContinuation<Int32, any Error>) in
+            let pid: pid_t
+            do { pid = try Spawn.start(executable, args, .init(log: log)) } catch {
+                c.resume(throwing: SnapshotterError(.internalError, "cannot start \(executable)", underlying: error))
+                return
             }
             if let reaper {
                 reaper.watch(pid) { _, status in c.resume(returning: decode(status)) }

@@ -16,8 +16,13 @@ public final class Reaper: Sendable {
     private struct State {
         var watched: [Int32: Handler] = [:]
         var unknownSince: [Int32: ContinuousClock.Instant] = [:]
+        /// Children reaped unwatched after the grace, with their status: a
+        /// watch that comes late (its caller was descheduled between spawn
+        /// and watch) still gets the exit. Kept for `keepUnclaimed`.
+        var unclaimed: [Int32: (status: Int32, at: ContinuousClock.Instant)] = [:]
         var started = false
     }
+    static let keepUnclaimed: Duration = .seconds(60)
     private let state = Mutex(State())
     let grace: Duration
 
@@ -25,10 +30,16 @@ public final class Reaper: Sendable {
         self.grace = grace
     }
 
-    /// Calls `onExit` (on the reaper thread) with the wait status once `pid`,
-    /// a child of this process, has exited.
+    /// Calls `onExit` (on the reaper thread, or at once on this one if the
+    /// child was already reaped) with the wait status once `pid`, a child of
+    /// this process, has exited.
     public func watch(_ pid: Int32, onExit: @escaping Handler) {
-        state.withLock { $0.watched[pid] = onExit }
+        let early = state.withLock { s -> Int32? in
+            if let u = s.unclaimed.removeValue(forKey: pid) { return u.status }
+            s.watched[pid] = onExit
+            return nil
+        }
+        if let early { onExit(pid, early) }
     }
 
     public func start(becomeSubreaper: Bool) {
@@ -65,8 +76,18 @@ public final class Reaper: Sendable {
             }
             if old {
                 var status: Int32 = 0
-                _ = kr_try_reap(pid, &status)
-                _ = state.withLock { $0.unknownSince.removeValue(forKey: pid) }
+                let reaped = kr_try_reap(pid, &status) == 1
+                // A watch may have come in since the check above.
+                let late = state.withLock { s -> Handler? in
+                    s.unknownSince.removeValue(forKey: pid)
+                    let cutoff = now - Self.keepUnclaimed
+                    s.unclaimed = s.unclaimed.filter { $0.value.at > cutoff }
+                    guard reaped else { return nil }
+                    if let h = s.watched.removeValue(forKey: pid) { return h }
+                    s.unclaimed[pid] = (status, now)
+                    return nil
+                }
+                late?(pid, status)
             } else {
                 usleep(10_000)
             }

@@ -85,6 +85,8 @@ extension TestContainerd {
             "KANGAROO_NODE_STATE": node.sub("state"),
             "KANGAROO_NODE_ROOT": node.sub("root"),
             "KANGAROO_SNAPSHOTTER_SOCKET": node.sub("snapshotter.sock"),
+            // The lazy mounts' state and logs stay in the test's directory.
+            "KANGAROO_RUN_DIR": node.sub("run"),
         ]
     }
 
@@ -218,4 +220,12 @@ public func tearDownNode(_ node: TempDir, containerd: TestContainerd, sockets: [
     for _ in 0..<50 where !daemons().isEmpty { usleep(100_000) }
     for pid in daemons() { kill(pid, SIGKILL) }
     unmountAll(below: node.path)
+    // Lazy mount servers of the node's images (their own sessions): a
+    // mount containerd had not yet removed when it stopped.
+    let pids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap { Int32($0) } ?? []
+    for pid in pids {
+        guard let d = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { continue }
+        let cmd = String(decoding: d, as: UTF8.self)
+        if cmd.contains("image\u{0}mount\u{0}"), cmd.contains(node.path + "/") { kill(pid, SIGKILL) }
+    }
 }
