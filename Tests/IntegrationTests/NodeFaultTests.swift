@@ -166,9 +166,10 @@ final class SnapshotterRestartTests {
         let during = try ctr(["task", "exec", "--exec-id", "r1", ids[1], "sh", "-c", read])
         #expect(during.status == 0 && during.stdout == before, "\(during.output)")
         try TestContainerd.startSnapshotterDaemon(node)
-        // containerd's proxy connection backs off up to 3 s after the refusals.
+        // containerd's proxy connection backs off up to 3 s after the refusals
+        // ("connection refused" or "connection closed": unavailable).
         var started = try ctr(["run", "-d"] + kangaroo + [reference, "sr-4", "sleep", "1000"])
-        for _ in 0..<40 where started.status != 0 && started.output.contains("connection refused") {
+        for _ in 0..<40 where started.status != 0 && started.output.contains("unavailable") {
             usleep(200_000)
             started = try ctr(["run", "-d"] + kangaroo + [reference, "sr-4", "sleep", "1000"])
         }
