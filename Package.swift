@@ -50,7 +50,7 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .target(name: "KangarooLazyFS", dependencies: ["KangarooImage", "KangarooFUSE", "CKangaroo"]),
+        .target(name: "KangarooLazyFS", dependencies: ["KangarooImage", "KangarooFUSE", "KangarooSystem", "CKangaroo"]),
         .target(name: "KangarooRuntime", dependencies: ["KangarooSystem", "CSeccomp"]),
         // containerd's shim v2, events, snapshots and ttrpc messages
         // (generated once by scripts/gen-protos.sh, committed).

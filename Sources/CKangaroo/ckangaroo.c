@@ -86,6 +86,23 @@ int kr_send_fd(int sock, int fd) {
     return n < 0 ? -errno : 0;
 }
 
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
+
+int kr_pidfd_open(pid_t pid) {
+    long fd = syscall(SYS_pidfd_open, pid, 0);
+    return fd < 0 ? -errno : (int)fd;
+}
+
+int kr_pidfd_getfd(int pidfd, int fd) {
+    long copy = syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+    return copy < 0 ? -errno : (int)copy;
+}
+
 int kr_recv_fd(int sock) {
     char byte;
     struct iovec iov = {.iov_base = &byte, .iov_len = 1};

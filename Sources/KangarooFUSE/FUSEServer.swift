@@ -31,8 +31,32 @@ public final class FUSEServer: Sendable {
         public var ioUring = true
         /// Ring workers per CPU queue; nil: max(2, threads / queues).
         public var ringWorkersPerQueue: Int?
+        /// Every worker reads the one session descriptor (no clones, no
+        /// io_uring), so that a keeper holding a copy of it
+        /// (`sessionDescriptor`, through pidfd_getfd) keeps the connection
+        /// and the requests this server had read when it dies; a new server
+        /// started with `takeover` then answers them (FUSE_NOTIFY_RESEND).
+        public var failover = false
+        /// Serve an existing connection instead of mounting: the session
+        /// descriptor a keeper held and what the first server's INIT agreed.
+        public var takeover: Takeover?
 
         public init(mountPoint: FilePath) { self.mountPoint = mountPoint }
+    }
+
+    /// An existing FUSE connection to serve (see `Configuration.takeover`).
+    public struct Takeover: Sendable {
+        public var descriptor: Int32
+        public var minor: UInt32
+        public var flags: FUSEInitFlags
+        public init(descriptor: Int32, minor: UInt32, flags: FUSEInitFlags) {
+            self.descriptor = descriptor
+            self.minor = minor
+            self.flags = flags
+        }
+        public init(descriptor: Int32, minor: UInt32, rawFlags: UInt64) {
+            self.init(descriptor: descriptor, minor: minor, flags: FUSEInitFlags(rawValue: rawFlags))
+        }
     }
 
     private enum State {
@@ -50,7 +74,7 @@ public final class FUSEServer: Sendable {
         self.configuration = configuration
         self.logger = logger
         var options = configuration.initialization
-        if !configuration.ioUring { options.flags.remove(.overIOUring) }
+        if !configuration.ioUring || configuration.failover { options.flags.remove(.overIOUring) }
         self.session = FUSESession(fileSystem: fileSystem, options: options, logger: logger)
     }
 
@@ -69,6 +93,9 @@ public final class FUSEServer: Sendable {
     /// Whether requests travel through io_uring queues (set by `start()`).
     public var usesIOUring: Bool { ringInUse.withLock { $0 } }
     private let ringInUse = Mutex(false)
+    /// The session descriptor, kept open while serving with `failover`.
+    public var sessionDescriptor: Int32? { kept.withLock { $0 >= 0 ? $0 : nil } }
+    private let kept = Mutex<Int32>(-1)
 
     /// Opens /dev/fuse, mounts, answers INIT and starts the workers. On
     /// return the mount serves requests.
@@ -88,19 +115,32 @@ public final class FUSEServer: Sendable {
 
     private func launch(latch: FUSELatch) throws(FUSEError) {
         let path = configuration.mountPoint
-        let sessionFD = try Self.openDevice()
+        let takeover = configuration.takeover
+        let sessionFD: Int32
+        if let takeover { sessionFD = takeover.descriptor } else { sessionFD = try Self.openDevice() }
         var descriptors = [sessionFD]
         var mounted = false
         do throws(FUSEError) {
-            try FUSEMount.mount(device: FileDescriptor(rawValue: sessionFD), at: path, options: configuration.mount)
-            mounted = true
-            try answerInit(fd: sessionFD)
+            if let takeover {
+                session.adopt(minor: takeover.minor, flags: takeover.flags)
+                try Self.resend(fd: sessionFD)
+            } else {
+                try FUSEMount.mount(device: FileDescriptor(rawValue: sessionFD), at: path, options: configuration.mount)
+                mounted = true
+                try answerInit(fd: sessionFD)
+            }
             session.notifications.open(try Self.cloneDevice(of: sessionFD))
             var readers = max(1, configuration.threads)
-            if negotiatedFlags.contains(.overIOUring), try startRing(sessionFD: sessionFD, latch: latch) {
+            if !configuration.failover, negotiatedFlags.contains(.overIOUring), try startRing(sessionFD: sessionFD, latch: latch) {
                 readers = 2  // FORGET, INTERRUPT, and requests before the ring is ready.
             }
-            for _ in 1..<readers { descriptors.append(try Self.cloneDevice(of: sessionFD)) }
+            for _ in 1..<readers {
+                // failover: copies of the one open file (its requests stay
+                // with the file a keeper holds); otherwise clones, a queue
+                // of their own each.
+                descriptors.append(configuration.failover ? try Self.duplicate(sessionFD) : try Self.cloneDevice(of: sessionFD))
+            }
+            if configuration.failover { kept.withLock { $0 = (try? Self.duplicate(sessionFD)) ?? -1 } }
         } catch {
             if mounted { try? FUSEMount.unmount(path, lazy: true) }
             for fd in descriptors { close(fd) }
@@ -125,7 +165,7 @@ public final class FUSEServer: Sendable {
             }
         }
         let transport = usesIOUring ? "io_uring queues and \(descriptors.count) /dev/fuse readers" : "\(descriptors.count) workers"
-        logger.info("fuse: serving \(path) with \(transport), protocol 7.\(negotiatedMinor ?? 0)")
+        logger.info("fuse: \(takeover == nil ? "serving" : "took over") \(path) with \(transport), protocol 7.\(negotiatedMinor ?? 0)")
     }
 
     /// Starts the io_uring workers, `ringWorkersPerQueue` per CPU queue.
@@ -182,6 +222,29 @@ public final class FUSEServer: Sendable {
         }
     }
 
+    /// A second descriptor of the same open /dev/fuse file.
+    private static func duplicate(_ fd: Int32) throws(FUSEError) -> Int32 {
+        let copy = fcntl(fd, F_DUPFD_CLOEXEC, 3)
+        guard copy >= 0 else { throw FUSEError(.device, "dup of /dev/fuse failed", errno: Errno(rawValue: Glibc.errno)) }
+        return copy
+    }
+
+    /// FUSE_NOTIFY_RESEND (7.40, Linux 6.9): the kernel queues again every
+    /// request a server had read and not answered, for this server.
+    static let notifyResend: Int32 = 7
+    private static func resend(fd: Int32) throws(FUSEError) {
+        var header = [UInt8](repeating: 0, count: FUSEWireSize.outHeader)
+        header.withUnsafeMutableBytes { h in
+            h.storeBytes(of: UInt32(FUSEWireSize.outHeader).littleEndian, toByteOffset: 0, as: UInt32.self)
+            h.storeBytes(of: notifyResend.littleEndian, toByteOffset: 4, as: Int32.self)
+        }
+        let written = header.withUnsafeBytes { h in retryingEINTR { write(fd, h.baseAddress, h.count) } }
+        guard written == header.count else {
+            throw FUSEError(.protocol, "FUSE_NOTIFY_RESEND failed (the kernel needs Linux 6.9 for a takeover)",
+                            errno: Errno(rawValue: Glibc.errno))
+        }
+    }
+
     /// A fresh /dev/fuse descriptor attached to the session's connection.
     private static func cloneDevice(of sessionFD: Int32) throws(FUSEError) -> Int32 {
         let clone = try openDevice()
@@ -210,6 +273,10 @@ public final class FUSEServer: Sendable {
         }
         latch.wait()
         session.notifications.close()
+        kept.withLock { fd in
+            if fd >= 0 { close(fd) }
+            fd = -1
+        }
         // Workers also exit when the connection is aborted (fusectl abort):
         // do not leave the resulting ENOTCONN mount behind.
         if FUSEMount.isDeadMount(configuration.mountPoint) {

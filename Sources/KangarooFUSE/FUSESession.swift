@@ -38,6 +38,8 @@ final class FUSESession: Sendable {
     }
 
     var negotiatedState: Negotiated? { negotiated.withLock { $0 } }
+    /// Serves a connection another server initialised (a takeover).
+    func adopt(minor: UInt32, flags: FUSEInitFlags) { negotiated.withLock { $0 = Negotiated(minor: minor, flags: flags) } }
     var isDestroyed: Bool { destroyed.withLock { $0 } }
     func destroyedNow() { destroyed.withLock { $0 = true } }
 

@@ -9,6 +9,8 @@ import SystemPackage
 /// chunk fetcher over a `ChunkSource`, background prefetch, a periodically
 /// written stats file and an optional access trace.
 public final class LazyMount: Sendable {
+    /// A connection a dead server left, for a new one to serve.
+    public typealias Takeover = FUSEServer.Takeover
     public struct Options: Sendable {
         public var mountPoint: String
         public var cacheDirectory: String
@@ -28,6 +30,11 @@ public final class LazyMount: Sendable {
         public var statsInterval: Duration = .seconds(1)
         /// Serve Prometheus metrics on this IPv4 address and port (GET /metrics).
         public var metricsAddress: (host: String, port: UInt16)?
+        /// Let a keeper hold the FUSE connection across this server's death
+        /// (`FUSEServer.Configuration.failover`).
+        public var failover = false
+        /// Serve the connection a dead server left instead of mounting.
+        public var takeover: FUSEServer.Takeover?
 
         public init(mountPoint: String, cacheDirectory: String) {
             self.mountPoint = mountPoint
@@ -55,6 +62,8 @@ public final class LazyMount: Sendable {
         var configuration = FUSEServer.Configuration(mountPoint: FilePath(options.mountPoint))
         configuration.threads = options.threads
         configuration.ioUring = options.ioUring
+        configuration.failover = options.failover || options.takeover != nil
+        configuration.takeover = options.takeover
         server = FUSEServer(fileSystem: fileSystem, configuration: configuration, logger: logger)
         self.fetcher = fetcher
         self.trace = trace
@@ -112,6 +121,13 @@ public final class LazyMount: Sendable {
         running.store(false, ordering: .sequentiallyConsistent)
         metrics.withLock { $0?.close() }
         writeStats()
+    }
+
+    /// What a keeper needs to hand this mount's connection to a new server
+    /// (nil unless serving with failover).
+    public var failoverState: (descriptor: Int32, minor: UInt32, flags: UInt64)? {
+        guard let fd = server.sessionDescriptor, let minor = server.negotiatedMinor else { return nil }
+        return (fd, minor, server.negotiatedFlags.rawValue)
     }
 
     /// The port of the metrics endpoint (nil without one).

@@ -21,6 +21,11 @@ public enum MountControl {
         public var cacheDirectory: String
         public var mode: String
         public var image: String
+        /// A failover FUSE mount: the server's session descriptor (for
+        /// pidfd_getfd) and the INIT outcome a new server needs.
+        public var fuseDescriptor: Int32?
+        public var fuseMinor: UInt32?
+        public var fuseFlags: UInt64?
         public init(pid: Int32, mountPoint: String, cacheDirectory: String, mode: String, image: String) {
             self.pid = pid
             self.mountPoint = mountPoint

@@ -362,27 +362,9 @@ extension Runtime {
 
     /// A connected unix stream socket (close-on-exec) to `path`.
     public static func connectUnix(_ path: String) throws(RuntimeError) -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw RuntimeError.sys("socket") }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            close(fd)
-            throw RuntimeError(.invalidArgument, "console socket path too long: \(path)")
+        do { return try UnixSocket.connect(path) } catch {
+            throw RuntimeError(.invalidArgument, "connect to console socket \(path)", errno: error.rawValue)
         }
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            for (i, b) in bytes.enumerated() { raw[i] = b }
-        }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0 else {
-            let e = errno
-            close(fd)
-            throw RuntimeError(.invalidArgument, "connect to console socket \(path)", errno: e)
-        }
-        return fd
     }
 }
 

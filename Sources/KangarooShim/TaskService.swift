@@ -41,6 +41,8 @@ public actor TaskService: TTRPCService {
         var state: State = .created
         var stdin = "", stdout = "", stderr = ""
         var terminal = false
+        /// The pty relay of a process with a terminal.
+        var console: Terminal?
         /// Exec processes: the runtime-spec process JSON, until started.
         var spec: [UInt8] = []
         var waiters: [CheckedContinuation<(UInt32, Date), Never>] = []
@@ -107,9 +109,7 @@ public actor TaskService: TTRPCService {
             // task's Shutdown.
             return try await unary(payload, Containerd_Task_V2_ShutdownRequest.self) { _ in Google_Protobuf_Empty() }
         case "ResizePty":
-            return try await unary(payload, Containerd_Task_V2_ResizePtyRequest.self) { _ -> Google_Protobuf_Empty in
-                throw ShimError(.unimplemented, "ResizePty: terminals are not supported by this shim yet")
-            }
+            return try await unary(payload, Containerd_Task_V2_ResizePtyRequest.self) { try await self.resize(ns, $0) }
         case "Checkpoint":
             throw ShimError(.unimplemented, "Checkpoint is not supported by the kangaroo runtime")
         default:
@@ -134,7 +134,6 @@ public actor TaskService: TTRPCService {
         let key = Key(namespace: ns, id: r.id)
         guard !r.id.isEmpty else { throw ShimError(.invalidArgument, "Create: empty task id") }
         guard tasks[key] == nil else { throw ShimError(.alreadyExists, "task \(r.id) already exists in namespace \(ns)") }
-        guard !r.terminal else { throw ShimError(.unimplemented, "Create \(r.id): terminals are not supported by this shim yet") }
         guard r.checkpoint.isEmpty else { throw ShimError(.unimplemented, "Create \(r.id): restore from a checkpoint is not supported") }
         var undo = UndoList()
         defer { undo.run() }
@@ -145,11 +144,17 @@ public actor TaskService: TTRPCService {
             mounted = target
             undo.add { Mounts.detachAll(under: [target]) }
         }
-        let stdio = try Self.openStdio(stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, what: "task \(r.id)")
+        // With a terminal the init's stdio is the pty (relayed to the
+        // fifos); without, the fifos themselves.
+        let stdio = r.terminal ? [-1, -1, -1]
+            : try Self.openStdio(stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, what: "task \(r.id)")
         defer { for fd in stdio where fd > 2 { close(fd) } }
+        let socket = r.terminal ? try Terminal.Socket(directory: stateRoot) : nil
+        defer { socket?.discard() }
         var options = CreateOptions()
         options.bundle = r.bundle
         options.stdio = stdio
+        options.consoleSocket = socket?.path
         let runtime = self.runtime(ns)
         let id = r.id
         let pid: Int32
@@ -160,9 +165,15 @@ public actor TaskService: TTRPCService {
             throw ShimError(e.code == .invalidConfig || e.code == .unsupported ? .invalidArgument
                             : e.code == .exists ? .alreadyExists : .failedPrecondition, "Create \(id): \(e)", underlying: e)
         }
-        undo.disarm()
+        undo.add { _ = try? runtime.delete(id: id, force: true) }
         var process = Process(pid: pid)
         process.stdin = r.stdin; process.stdout = r.stdout; process.stderr = r.stderr
+        process.terminal = r.terminal
+        if let socket {
+            let master = try socket.receive(what: "task \(id)")
+            process.console = try Terminal(master: master, stdin: r.stdin, stdout: r.stdout, what: "task \(id)")
+        }
+        undo.disarm()
         tasks[key] = TaskRecord(bundle: r.bundle, rootfsMounted: mounted, initProcess: process)
         watch(key, exec: nil, pid: pid)
         logger.info("task created", metadata: ["namespace": "\(ns)", "container": "\(id)", "pid": "\(pid)"])
@@ -181,8 +192,22 @@ public actor TaskService: TTRPCService {
     nonisolated func watch(_ key: Key, exec: String?, pid: Int32) {
         reaper.watch(pid) { [weak self] _, status in
             guard let self else { return }
-            Task { await self.exited(key, exec: exec, status: status) }
+            Task { await self.drainThenExited(key, exec: exec, status: status) }
         }
+    }
+
+    /// A terminal's last output reaches the fifo before the exit event (as
+    /// containerd's runc shim waits for its console copy).
+    func drainThenExited(_ key: Key, exec: String?, status: Int32) async {
+        if let console = process(key, exec)?.console {
+            _ = try? await blocking { console.waitOutput(seconds: 2) }
+        }
+        exited(key, exec: exec, status: status)
+    }
+
+    func process(_ key: Key, _ exec: String?) -> Process? {
+        guard let t = tasks[key] else { return nil }
+        return exec.map { t.execs[$0] } ?? t.initProcess
     }
 
     func exited(_ key: Key, exec: String?, status: Int32) {
@@ -231,8 +256,11 @@ public actor TaskService: TTRPCService {
         }
         guard var p = t.execs[r.execID] else { throw ShimError(.notFound, "exec \(r.execID) of task \(id) not found") }
         guard p.state == .created else { throw ShimError(.failedPrecondition, "exec \(r.execID) of task \(id) is already started") }
-        let stdio = try Self.openStdio(stdin: p.stdin, stdout: p.stdout, stderr: p.stderr, what: "exec \(r.execID)")
+        let stdio = p.terminal ? [-1, -1, -1]
+            : try Self.openStdio(stdin: p.stdin, stdout: p.stdout, stderr: p.stderr, what: "exec \(r.execID)")
         defer { for fd in stdio where fd > 2 { close(fd) } }
+        let socket = p.terminal ? try Terminal.Socket(directory: stateRoot) : nil
+        defer { socket?.discard() }
         let specPath = stateRoot + "/exec-\(UUID().uuidString).json"
         guard FileManager.default.createFile(atPath: specPath, contents: Data(p.spec)) else {
             throw ShimError(.internalError, "cannot write the process spec of exec \(r.execID)")
@@ -242,14 +270,26 @@ public actor TaskService: TTRPCService {
         options.processFile = specPath
         options.detach = true
         options.stdio = stdio
+        options.consoleSocket = socket?.path
         let pid: Int32
         let opts = options
         do { pid = try await blocking { try runtime.startExec(id: id, options: opts) } } catch {
             throw ShimError(.failedPrecondition, "Start exec \(r.execID) of \(id): \(error)", underlying: error)
         }
+        var console: Terminal?
+        if let socket {
+            do {
+                console = try Terminal(master: try socket.receive(what: "exec \(r.execID)"), stdin: p.stdin, stdout: p.stdout,
+                                       what: "exec \(r.execID)")
+            } catch {
+                Glibc.kill(pid, SIGKILL)
+                throw error
+            }
+        }
         t = try record(key)
         p = t.execs[r.execID] ?? p
         p.pid = pid
+        p.console = console
         p.state = .running
         t.execs[r.execID] = p
         tasks[key] = t
@@ -268,10 +308,10 @@ public actor TaskService: TTRPCService {
         var t = try record(key)
         guard t.execs[r.execID] == nil else { throw ShimError(.alreadyExists, "exec \(r.execID) of task \(r.id) already exists") }
         guard t.state != .stopped else { throw ShimError(.failedPrecondition, "task \(r.id) is stopped") }
-        guard !r.terminal else { throw ShimError(.unimplemented, "Exec \(r.execID): terminals are not supported by this shim yet") }
         guard r.hasSpec, !r.spec.value.isEmpty else { throw ShimError(.invalidArgument, "Exec \(r.execID): no process spec") }
         var p = Process()
         p.stdin = r.stdin; p.stdout = r.stdout; p.stderr = r.stderr
+        p.terminal = r.terminal
         p.spec = [UInt8](r.spec.value)
         t.execs[r.execID] = p
         tasks[key] = t
@@ -332,6 +372,7 @@ public actor TaskService: TTRPCService {
             if case .running = p.state { throw ShimError(.failedPrecondition, "exec \(r.execID) of task \(r.id) is running") }
             t.execs[r.execID] = nil
             tasks[key] = t
+            if let console = p.console { _ = try? await blocking { console.close() } }
             response.pid = UInt32(p.pid)
             if case .stopped(let code, let at) = p.state {
                 response.exitStatus = code
@@ -351,6 +392,8 @@ public actor TaskService: TTRPCService {
             if !left.isEmpty { logger.warning("cannot unmount", metadata: ["container": "\(id)", "mounts": "\(left)"]) }
         }
         t = tasks.removeValue(forKey: key) ?? t
+        let consoles = ([t.initProcess] + t.execs.values).compactMap(\.console)
+        if !consoles.isEmpty { _ = try? await blocking { for c in consoles { c.close() } } }
         response.pid = UInt32(t.initProcess.pid)
         var code: UInt32 = 137
         var at = Date()
@@ -482,9 +525,22 @@ public actor TaskService: TTRPCService {
     }
 
     func closeIO(_ ns: String, _ r: Containerd_Task_V2_CloseIORequest) async throws -> Google_Protobuf_Empty {
-        // The processes hold containerd's stdin fifo themselves: nothing of
-        // ours to close; containerd closes its writer.
-        _ = try record(Key(namespace: ns, id: r.id))
+        // Without a terminal the processes hold containerd's stdin fifo
+        // themselves: nothing of ours to close, containerd closes its
+        // writer. With one, the stdin relay stops.
+        let t = try record(Key(namespace: ns, id: r.id))
+        let current = r.execID.isEmpty ? t.initProcess : t.execs[r.execID]
+        guard let p = current else { throw ShimError(.notFound, "exec \(r.execID) of task \(r.id) not found") }
+        if r.stdin { p.console?.closeStdin() }
+        return Google_Protobuf_Empty()
+    }
+
+    func resize(_ ns: String, _ r: Containerd_Task_V2_ResizePtyRequest) async throws -> Google_Protobuf_Empty {
+        let t = try record(Key(namespace: ns, id: r.id))
+        let current = r.execID.isEmpty ? t.initProcess : t.execs[r.execID]
+        guard let p = current else { throw ShimError(.notFound, "exec \(r.execID) of task \(r.id) not found") }
+        // As containerd's runc shim: a process without a terminal ignores it.
+        try p.console?.resize(width: r.width, height: r.height)
         return Google_Protobuf_Empty()
     }
 

@@ -3,9 +3,11 @@ import KangarooLazyFS
 import KangarooSystem
 import Logging
 
-/// Lazy image mounts made by `kangaroo image mount --daemon`: each image's
-/// FUSE server is a process of its own, so a snapshotter restart leaves the
-/// mounts (and the containers on them) serving.
+/// Lazy image mounts made by `kangaroo image mount --daemon --failover`:
+/// each image's FUSE server is a process of its own, so a snapshotter
+/// restart leaves the mounts (and the containers on them) serving, and the
+/// keeper holds each mount's connection so that a killed server is replaced
+/// without its readers seeing an error.
 public struct ProcessImageMounter: ImageMounter {
     /// The `kangaroo` executable.
     public let executable: String
@@ -14,6 +16,7 @@ public struct ProcessImageMounter: ImageMounter {
     /// The node's chunk cache, shared by every image (files per blob digest).
     public let cache: String
     public let reaper: Reaper?
+    public let keeper: FUSEKeeper
     let logger: Logger
 
     public init(executable: String, store: String, cache: String, reaper: Reaper?, logger: Logger) {
@@ -22,16 +25,42 @@ public struct ProcessImageMounter: ImageMounter {
         self.cache = cache
         self.reaper = reaper
         self.logger = logger
+        keeper = FUSEKeeper(executable: executable, logger: logger)
+    }
+
+    /// The arguments of a server for `reference` at `mountPoint` (without
+    /// --daemon).
+    func serverArguments(_ reference: String, _ mountPoint: String) -> [String] {
+        ["image", "mount", "--store", store, "--quiet", "--cache", cache, "--failover", reference, mountPoint]
     }
 
     public func mount(reference: String, image: String, at mountPoint: String) async throws {
         let log = (mountPoint as NSString).deletingLastPathComponent + "/mount.log"
         try? FileManager.default.removeItem(atPath: log)
-        let args = ["image", "mount", "--store", store, "--quiet", "--cache", cache, "--daemon", reference, mountPoint]
-        let status = try await run(args, log: log)
+        let args = serverArguments(reference, mountPoint)
+        let status = try await run(args + ["--daemon"], log: log)
         guard status == 0, isMounted(mountPoint) else {
             let text = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
             throw SnapshotterError(.unavailable, "kangaroo image mount \(reference) exited with status \(status): \(text.suffix(1500))")
+        }
+        keep(mountPoint, arguments: args)
+    }
+
+    /// Holds the connection of a FUSE mount (a kernel EROFS mount needs no
+    /// server). Without it the mount still serves, only without failover.
+    func keep(_ mountPoint: String, arguments: [String]) {
+        guard MountControl.mountedType(mountPoint) == "fuse.kangaroo" else { return }
+        do { try keeper.adopt(mountPoint: mountPoint, arguments: arguments) } catch {
+            logger.warning("lazy mount without failover: \(error)", metadata: ["mount": "\(mountPoint)"])
+        }
+    }
+
+    /// After a restart: keeps the connections of the FUSE mounts at
+    /// `mountPoints` that are still served.
+    public func adopt(_ mountPoints: [String]) {
+        for mountPoint in mountPoints where isMounted(mountPoint) {
+            guard let state = MountControl.readState(mountPoint) else { continue }
+            keep(mountPoint, arguments: serverArguments(state.image, mountPoint))
         }
     }
 
@@ -41,6 +70,7 @@ public struct ProcessImageMounter: ImageMounter {
     }
 
     public func unmount(_ mountPoint: String) async throws {
+        keeper.release(mountPoint: mountPoint)
         try MountControl.unmount(mountPoint)
     }
 

@@ -40,6 +40,9 @@ extension ImageCommand {
         @Option(help: "Serve Prometheus metrics on HOST:PORT (GET /metrics; an IPv4 address, e.g. 127.0.0.1:9464).")
         var metrics: String?
         @Option(help: "Record the files opened, in first-access order, into this prefetch list file.") var trace: String?
+        @Flag(help: "Let a keeper (the node daemon) hold the FUSE connection, so that a new server can take the mount over if this one dies (no io_uring).")
+        var failover = false
+        @Option(help: .hidden) var takeoverFd: Int32?
 
         func run() async throws {
             let started = Date()
@@ -77,8 +80,18 @@ extension ImageCommand {
                 let cacheDirectory = MountControl.normalize(cache)
                 let (image, resolved, client) = try await resolve(logger: logger)
                 let source: any ChunkSource = rate > 0 ? RateLimitedChunkSource(resolved, bytesPerSecond: UInt64(rate)) : resolved
+                var takeover: LazyMount.Takeover?
+                if let fd = takeoverFd {
+                    // A keeper hands over the connection of a dead server:
+                    // serve it as that server did (its state file says how).
+                    guard let old = MountControl.readState(mountPoint), old.mode == "fuse", let minor = old.fuseMinor,
+                          let flags = old.fuseFlags, MountControl.mountedType(mountPoint) == "fuse.kangaroo" else {
+                        throw CLIError("--takeover-fd: \(mountPoint) is not a failover FUSE mount of kangaroo image mount")
+                    }
+                    takeover = LazyMount.Takeover(descriptor: fd, minor: minor, rawFlags: flags)
+                }
                 let complete = try ChunkCache(directory: cacheDirectory, bootstrap: image.bootstrap).isComplete
-                if mode == "kernel" || (mode == "auto" && complete) {
+                if takeover == nil && (mode == "kernel" || (mode == "auto" && complete)) {
                     try KernelMount.mount(image: image, cacheDirectory: cacheDirectory, at: mountPoint)
                     emit("mounted \(reference) at \(mountPoint) (kernel erofs) in \(milliseconds(since: started)) ms")
                     try MountControl.writeState(.init(pid: 0, mountPoint: mountPoint, cacheDirectory: cacheDirectory,
@@ -99,15 +112,23 @@ extension ImageCommand {
                 mountOptions.tracePath = trace.map(MountControl.normalize)
                 mountOptions.statsPath = MountControl.statsPath(mountPoint)
                 mountOptions.metricsAddress = metricsAddress
+                mountOptions.failover = failover
+                mountOptions.takeover = takeover
                 try FileManager.default.createDirectory(atPath: MountControl.runDirectory, withIntermediateDirectories: true)
                 let lazy = try LazyMount(image: image, source: source, options: mountOptions, logger: logger)
                 try lazy.start()
-                emit("mounted \(reference) at \(mountPoint) (fuse) in \(milliseconds(since: started)) ms")
+                emit("\(takeover == nil ? "mounted" : "took over") \(reference) at \(mountPoint) (fuse) in \(milliseconds(since: started)) ms")
                 if let address = metricsAddress, let port = lazy.metricsPort {
                     emit("metrics at http://\(address.host):\(port)/metrics")
                 }
-                try MountControl.writeState(.init(pid: getpid(), mountPoint: mountPoint, cacheDirectory: cacheDirectory,
-                                                  mode: "fuse", image: reference))
+                var state = MountControl.State(pid: getpid(), mountPoint: mountPoint, cacheDirectory: cacheDirectory,
+                                               mode: "fuse", image: reference)
+                if let f = lazy.failoverState {
+                    state.fuseDescriptor = f.descriptor
+                    state.fuseMinor = f.minor
+                    state.fuseFlags = f.flags
+                }
+                try MountControl.writeState(state)
 
                 let signals = installSignalHandlers { try? lazy.stop() }
                 await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in

@@ -102,6 +102,10 @@ extension NodeCommand {
         do { store = try SnapshotStore(root: root + "/snapshotter", mounter: mounter, logger: logger) } catch {
             throw CLIError("node: \(error)")
         }
+        // A restarted daemon holds the connections of the lazy mounts its
+        // predecessor made again (FUSE failover).
+        let images = root + "/snapshotter/images"
+        mounter.adopt(((try? FileManager.default.contentsOfDirectory(atPath: images)) ?? []).map { images + "/" + $0 + "/mnt" })
         let server = SnapshotServer(path: snapshotterSocket, service: SnapshotService(store: store, logger: logger))
         let task = Task { try await server.serve() }
         do { try await server.listening() } catch {

@@ -87,6 +87,80 @@ final class NodeFaultTests {
             .filter { $0.contains(" " + node.path + "/") }.count
     }
 
+    /// The lazy mount servers of this node: pid and state file (from
+    /// KANGAROO_RUN_DIR).
+    func mountServers() -> [(pid: Int32, descriptor: Int?)] {
+        let dir = node.sub("run")
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasSuffix(".json") && !$0.hasSuffix(".stats.json") }
+        return names.compactMap { name in
+            guard let data = FileManager.default.contents(atPath: dir + "/" + name),
+                  let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+                  let pid = json["pid"] as? Int, pid > 0, kill(Int32(pid), 0) == 0 else { return nil }
+            return (Int32(pid), json["fuseDescriptor"] as? Int)
+        }
+    }
+
+    @Test("kill -9 of a lazy mount's FUSE server, twice, while containers read a cold image: every read completes with the bytes runc sees")
+    func fuseServerKilled() throws {
+        let tar = containerd.dir.sub("sample.tar")
+        try run("/bin/tar", ["-C", TestEnv.images + "/sample", "-cf", tar, "."], check: true)
+        try ctr(["images", "import", "--index-name", "kangaroo.test/sample:latest", tar], check: true)
+        let read = "find / -xdev -type f 2>/dev/null | grep -v '^/proc' | sort | xargs md5sum | md5sum"
+        let oracle = try ctr(["run", "--rm", "--runtime", "io.containerd.runc.v2", "kangaroo.test/sample:latest", "fk-runc", "sh", "-c", read],
+                             check: true).stdout
+        let ids = ["fk-1", "fk-2"]
+        for id in ids { try ctr(["run", "-d"] + kangaroo + [reference, id, "sleep", "1000"], check: true) }
+        let first = mountServers()
+        #expect(first.count == 1 && first.first?.descriptor != nil, "one failover mount server: \(first)\n\(nodeLog)")
+        // Readers in both containers on a cold cache; the server is killed
+        // while they run, and again once its successor serves.
+        let readers = ids.map { id in
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/ctr")
+            p.arguments = containerd.ctr + ["task", "exec", "--exec-id", "read-\(id)", id, "sh", "-c", read]
+            let out = Pipe()
+            p.standardOutput = out
+            p.standardError = out
+            return (p, out)
+        }
+        for (p, _) in readers { try p.run() }
+        usleep(150_000)
+        var killed: Set<Int32> = []
+        for round in 0..<2 {
+            guard let server = mountServers().first(where: { !killed.contains($0.pid) }) else {
+                Issue.record("round \(round): no live mount server\n\(nodeLog)")
+                break
+            }
+            kill(server.pid, SIGKILL)
+            killed.insert(server.pid)
+            var next: Int32?
+            for _ in 0..<100 {
+                if let n = mountServers().first(where: { !killed.contains($0.pid) }) { next = n.pid; break }
+                usleep(50_000)
+            }
+            #expect(next != nil, "round \(round): the keeper started a new server\n\(nodeLog)")
+        }
+        for (p, out) in readers {
+            p.waitUntilExit()
+            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(p.terminationStatus == 0 && text == oracle, "\(text) vs runc \(oracle)\n\(nodeLog)")
+        }
+        // Served by the successor: a new container, the same bytes.
+        let again = try ctr(["run", "--rm"] + kangaroo + [reference, "fk-3", "sh", "-c", read])
+        #expect(again.status == 0 && again.stdout == oracle, "\(again.output)")
+        for id in ids {
+            try ctr(["task", "kill", "-s", "KILL", id])
+            for _ in 0..<50 where (try? statuses()[id]) != "STOPPED" { usleep(100_000) }
+            try ctr(["task", "delete", id], check: true)
+            try ctr(["containers", "delete", id], check: true)
+        }
+        // The last container gone: unmounted, the server gone, not replaced.
+        for _ in 0..<100 where !mountServers().isEmpty { usleep(100_000) }
+        #expect(mountServers().isEmpty, "\(mountServers())\n\(nodeLog)")
+        let mounts = (procText("/proc/self/mountinfo") ?? "").split(separator: "\n").filter { $0.contains(node.sub("root/snapshotter/images")) }
+        #expect(mounts.isEmpty, "\(mounts)")
+    }
+
     @Test("a tampered chunk in the registry gives EIO inside the container, never wrong bytes")
     func tamperedChunk() throws {
         // The biggest file of the image, and the blob that holds its data.

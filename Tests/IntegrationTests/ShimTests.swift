@@ -139,12 +139,62 @@ final class ShimTests {
         #expect(left.isEmpty, "\(left)")
     }
 
-    @Test("a terminal is refused with a clear error, not a hang")
-    func terminalIsRefused() throws {
-        let r = try run("/usr/bin/python3", ["-c", "import pty, sys; pty.spawn(sys.argv[1:])", "/usr/bin/ctr"]
-                        + containerd.ctr + ["run", "--rm", "-t"] + kangaroo + [image, "k-tty", "true"])
-        #expect(r.output.contains("terminals are not supported"), "\(r.output)")
-        _ = try? ctr(["containers", "rm", "k-tty"])
+    /// Runs ctr ARGS on a pseudo-terminal of 30 rows and 100 columns,
+    /// types `input` once it runs, and returns what the terminal showed and
+    /// ctr's exit status.
+    func onTerminal(_ args: [String], input: String) throws -> CommandResult {
+        let driver = """
+        import os, pty, sys, time, fcntl, termios, struct, select
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.execv(sys.argv[1], sys.argv[1:])
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        out, sent, start = b"", False, time.time()
+        while time.time() - start < 60:
+            if not sent and time.time() - start > 1.0:
+                os.write(fd, sys.stdin.read().encode()); sent = True
+            r, _, _ = select.select([fd], [], [], 0.2)
+            if r:
+                try: data = os.read(fd, 65536)
+                except OSError: break
+                if not data: break
+                out += data
+        sys.stdout.write(out.decode(errors="replace"))
+        _, status = os.waitpid(pid, 0)
+        sys.exit(os.waitstatus_to_exitcode(status))
+        """
+        return try run("/usr/bin/python3", ["-c", driver, "/usr/bin/ctr"] + containerd.ctr + args, stdin: input)
+    }
+
+    @Test("ctr run -t and ctr task exec -t: a terminal sized by ctr, input typed and output shown, as under runc's shim")
+    func terminals() throws {
+        let input = "stty size; tty; echo $((6*7)); exit 4\n"
+        let k = try onTerminal(["run", "--rm", "-t"] + kangaroo + [image, "k-tty", "sh"], input: input)
+        let r = try onTerminal(["run", "--rm", "-t", "--runtime", "io.containerd.runc.v2", image, "r-tty", "sh"], input: input)
+        for result in [k, r] {
+            #expect(result.status == 4, "\(result.output)")
+            #expect(result.stdout.contains("30 100"), "\(result.output)")
+            #expect(result.stdout.contains("/dev/pts/0"), "\(result.output)")
+            #expect(result.stdout.contains("42"), "\(result.output)")
+        }
+        // An exec with its own terminal in a task without one.
+        try ctr(["run", "-d"] + kangaroo + [image, "k-tty-d", "sleep", "1000"], check: true)
+        let e = try onTerminal(["task", "exec", "-t", "--exec-id", "t1", "k-tty-d", "sh"], input: "stty size; tty; exit 6\n")
+        #expect(e.status == 6, "\(e.output)")
+        #expect(e.stdout.contains("30 100"), "\(e.output)")
+        #expect(e.stdout.contains("/dev/pts/"), "\(e.output)")
+        try ctr(["task", "kill", "-s", "KILL", "k-tty-d"], check: true)
+        for _ in 0..<50 where try status("k-tty-d") != "STOPPED" { usleep(100_000) }
+        try ctr(["task", "delete", "k-tty-d"], check: true)
+        try ctr(["containers", "rm", "k-tty-d"], check: true)
+        #expect(try ctr(["task", "ls", "-q"]).stdout.isEmpty)
         #expect(mountsBelow(containerd.dir.path) == 0)
+        let sockets = ((try? FileManager.default.contentsOfDirectory(atPath: node.sub("state"))) ?? []).filter { $0.hasPrefix("console-") }
+        #expect(sockets.isEmpty, "\(sockets)")
+        for pid in daemons() {
+            let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
+            let ptys = fds.filter { ((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)")) ?? "") == "/dev/ptmx" }
+            #expect(ptys.isEmpty, "the daemon still holds \(ptys.count) pty masters")
+        }
     }
 }

@@ -142,6 +142,10 @@ int kr_wait_forwarding(pid_t pid);
 int kr_pivot_root(const char *new_root, const char *put_old);
 int kr_setns(int fd, int nstype);
 int kr_memfd_create(const char *name, unsigned int flags);
+// pidfd_open(2) (close-on-exec) and pidfd_getfd(2): a descriptor for a
+// process, and a copy of one of its descriptors (same open file); -errno.
+int kr_pidfd_open(pid_t pid);
+int kr_pidfd_getfd(int pidfd, int fd);
 
 // Sends / receives one file descriptor over a unix socket (SCM_RIGHTS).
 int kr_send_fd(int sock, int fd);
