@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
         .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
         .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // C shims and Debian C libraries (system-library targets).
@@ -81,6 +82,7 @@ let package = Package(
         .executableTarget(name: "kangaroo", dependencies: [
             "KangarooOCI", "KangarooImage", "KangarooLazyFS", "KangarooSystem", "KangarooShim", "KangarooSnapshotter",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The runtime is started for every container operation: linked with

@@ -3,18 +3,23 @@ import Glibc
 import Logging
 import Synchronization
 
-/// A minimal HTTP/1.1 endpoint serving a lazy mount's counters in the
-/// Prometheus text exposition format (version 0.0.4) on GET /metrics. It
-/// listens on the address given (default loopback only: the figures name
-/// images and paths), answers one request per connection on one thread, and
-/// closes when the mount stops.
+/// A minimal HTTP/1.1 endpoint serving metrics in the Prometheus text
+/// exposition format (version 0.0.4) on GET /metrics: a lazy mount's
+/// counters, or the node daemon's. It listens on the address given (default
+/// loopback only: the figures name images and paths), answers one request
+/// per connection on one thread, and closes when its owner stops.
 public final class MetricsEndpoint: Sendable {
     let listenFD: Int32
     public let port: UInt16
     private let open = Atomic<Bool>(true)
 
     /// Binds `host:port` (port 0 picks a free one, see `port`).
-    public init(host: String, port: UInt16, logger: Logger, snapshot: @escaping @Sendable () -> LazyStats) throws(LazyFSError) {
+    public convenience init(host: String, port: UInt16, logger: Logger, snapshot: @escaping @Sendable () -> LazyStats) throws(LazyFSError) {
+        try self.init(host: host, port: port, logger: logger, body: { Self.render(snapshot()) })
+    }
+
+    /// Serves what `body` renders (Prometheus text) on every GET /metrics.
+    public init(host: String, port: UInt16, logger: Logger, body: @escaping @Sendable () -> String) throws(LazyFSError) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw LazyFSError(.mount, "metrics endpoint: socket failed: \(String(cString: strerror(errno)))") }
         var yes: Int32 = 1
@@ -41,7 +46,7 @@ public final class MetricsEndpoint: Sendable {
         }
         listenFD = fd
         self.port = UInt16(bigEndian: actual.sin_port)
-        Thread.detachNewThread { [self] in serve(logger: logger, snapshot: snapshot) }
+        Thread.detachNewThread { [self] in serve(logger: logger, body: body) }
     }
 
     /// Stops accepting and closes the socket.
@@ -51,7 +56,7 @@ public final class MetricsEndpoint: Sendable {
         Glibc.close(listenFD)
     }
 
-    private func serve(logger: Logger, snapshot: @escaping @Sendable () -> LazyStats) {
+    private func serve(logger: Logger, body render: @escaping @Sendable () -> String) {
         while open.load(ordering: .sequentiallyConsistent) {
             let client = accept(listenFD, nil, nil)
             if client < 0 {
@@ -66,7 +71,7 @@ public final class MetricsEndpoint: Sendable {
             let parts = line.split(separator: " ")
             let response: String
             if parts.count >= 2, parts[0] == "GET", parts[1] == "/metrics" || parts[1].hasPrefix("/metrics?") {
-                let body = Self.render(snapshot())
+                let body = render()
                 response = "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
                     + "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body
             } else {
@@ -112,7 +117,7 @@ public final class MetricsEndpoint: Sendable {
         return out
     }
 
-    static func escape(_ value: String) -> String {
+    public static func escape(_ value: String) -> String {
         value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
             .replacingOccurrences(of: "\n", with: "\\n")
     }

@@ -117,6 +117,43 @@ public actor TaskService: TTRPCService {
         }
     }
 
+    /// One task as `kangaroo node status` shows it.
+    public struct TaskInfo: Codable, Sendable {
+        public var namespace: String
+        public var id: String
+        public var pid: Int32
+        public var state: String
+        public var bundle: String
+        public var execs: Int
+        public var terminal: Bool
+        /// CRI: the pod (sandbox) id and whether this is its sandbox
+        /// (pause) container, from the bundle's annotations.
+        public var sandbox: String?
+        public var isSandbox: Bool
+    }
+
+    /// Every task, by namespace and id.
+    public func snapshot() -> [TaskInfo] {
+        tasks.map { key, t in
+            let state: String
+            switch (t.state, t.initProcess.state) {
+            case (.paused, _): state = "paused"
+            case (_, .created): state = "created"
+            case (_, .running): state = "running"
+            case (_, .stopped(let code, _)): state = "stopped (\(code))"
+            }
+            var info = TaskInfo(namespace: key.namespace, id: key.id, pid: t.initProcess.pid, state: state, bundle: t.bundle,
+                                execs: t.execs.count, terminal: t.initProcess.terminal, sandbox: nil, isSandbox: false)
+            if let config = try? FileSystem.read(t.bundle + "/config.json"),
+               let json = try? JSONSerialization.jsonObject(with: Data(config)) as? [String: Any],
+               let annotations = json["annotations"] as? [String: String] {
+                info.sandbox = annotations["io.kubernetes.cri.sandbox-id"]
+                info.isSandbox = annotations["io.kubernetes.cri.container-type"] == "sandbox"
+            }
+            return info
+        }.sorted { ($0.namespace, $0.id) < ($1.namespace, $1.id) }
+    }
+
     // MARK: - Lifecycle
 
     /// The namespace of the one task named `id`; nil when none or several.

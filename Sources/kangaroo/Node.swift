@@ -1,20 +1,37 @@
 import ArgumentParser
 import Dispatch
 import Foundation
+import KangarooLazyFS
 import KangarooShim
 import KangarooSnapshotter
 import KangarooSystem
 import Logging
+import ServiceLifecycle
 
-/// `kangaroo node`: the node daemon. One process per node serves containerd
-/// as the shim v2 Task service of every task (`containerd-shim-kangaroo-v2
-/// start` starts it when it is not running and hands containerd its socket).
+/// `kangaroo node`: the node daemon (`node run`, the default) and `node
+/// status`.
 struct NodeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "node",
-        abstract: "Run the node daemon: containerd's shim v2 Task service for every task and its remote snapshotter.")
+        abstract: "The node daemon: containerd's shim v2 Task service for every task and its remote snapshotter.",
+        subcommands: [NodeRun.self, NodeStatusCommand.self],
+        defaultSubcommand: NodeRun.self)
 
     static let env = ProcessInfo.processInfo.environment
+}
+
+/// `kangaroo node [run]`: one process per node serves containerd as the
+/// shim v2 Task service of every task (`containerd-shim-kangaroo-v2 start`
+/// starts it when it is not running and hands containerd its socket) and
+/// as its remote snapshotter. A ServiceGroup: SIGTERM or SIGINT stop
+/// accepting calls, let running ones finish and exit; containers and lazy
+/// mounts stay.
+struct NodeRun: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run the node daemon in the foreground (the default of `kangaroo node`).")
+
+    static var env: [String: String] { NodeCommand.env }
 
     @Option(name: .long, help: ArgumentHelp("Runtime state (container state, sockets).", valueName: "dir"))
     var state: String = env["KANGAROO_NODE_STATE"] ?? "/run/kangaroo/node"
@@ -31,6 +48,9 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("containerd's ttrpc address for task events (default: $TTRPC_ADDRESS).", valueName: "address"))
     var events: String? = env["TTRPC_ADDRESS"]
 
+    @Option(name: .long, help: ArgumentHelp("Serve Prometheus metrics on HOST:PORT (GET /metrics; an IPv4 address, e.g. 127.0.0.1:9465).", valueName: "host:port"))
+    var metrics: String? = env["KANGAROO_NODE_METRICS"]
+
     @Option(name: .long, help: ArgumentHelp("Write \"ready\" to this descriptor once the socket accepts calls.", valueName: "fd"))
     var readyFD: Int32?
 
@@ -41,6 +61,10 @@ struct NodeCommand: AsyncParsableCommand {
         LoggingSetup.bootstrap(level: Logger.Level(rawValue: logLevel) ?? .info)
         var logger = Logger(label: "kangaroo.node")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        guard shimSocket != "none" || snapshotterSocket != "none" else {
+            throw CLIError("node: --shim-socket none and --snapshotter-socket none: nothing to serve")
+        }
+        let metricsAddress = try metrics.map { try parseHostPort($0, option: "--metrics") }
         do {
             try FileSystem.makeDirectories(state, mode: 0o711)
             if shimSocket != "none" {
@@ -57,44 +81,75 @@ struct NodeCommand: AsyncParsableCommand {
         reaper.start(becomeSubreaper: true)
         let publisher = events.map { EventPublisher(address: $0, logger: logger) }
         let tasks = TaskService(stateRoot: state, events: publisher, reaper: reaper, logger: logger)
-        guard shimSocket != "none" || snapshotterSocket != "none" else {
-            throw CLIError("node: --shim-socket none and --snapshotter-socket none: nothing to serve")
-        }
-        let server: TTRPCServer? = shimSocket == "none" ? nil : TTRPCServer(path: shimSocket, services: [tasks], logger: logger)
+        let snapshots = try await startSnapshotter(reaper: reaper, logger: logger)
+        let status = NodeStatusService(tasks: tasks, keeper: snapshots?.keeper, root: root, socket: shimSocket)
+        let server: TTRPCServer? = shimSocket == "none" ? nil : TTRPCServer(path: shimSocket, services: [tasks, status], logger: logger)
         do { try await server?.start() } catch {
             throw CLIError("node: cannot listen on \(shimSocket): \(error)")
         }
-        let snapshots = try await startSnapshotter(reaper: reaper, logger: logger)
+        var endpoint: MetricsEndpoint?
+        if let address = metricsAddress {
+            do { endpoint = try MetricsEndpoint(host: address.host, port: address.port, logger: logger) { status.prometheus() } } catch {
+                throw CLIError("node: \(error)")
+            }
+            status.metricsAddress.withLock { $0 = "\(address.host):\(endpoint!.port)" }
+        }
         logger.info("node daemon ready", metadata: ["socket": "\(shimSocket)", "snapshotter": "\(snapshotterSocket)",
-                                                    "state": "\(state)", "root": "\(root)", "events": "\(events ?? "none")"])
+                                                    "state": "\(state)", "root": "\(root)", "events": "\(events ?? "none")",
+                                                    "metrics": "\(endpoint.map { "\(metricsAddress!.host):\($0.port)" } ?? "none")"])
         if let fd = readyFD {
             let msg = Array("ready\n".utf8)
             _ = msg.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
             close(fd)
         }
-        // SIGTERM and SIGINT stop accepting calls; running containers stay.
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let once = OnceFlag()
-            for sig in [SIGTERM, SIGINT] {
-                signal(sig, SIG_IGN)
-                let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-                source.setEventHandler { if once.set() { c.resume() } }
-                source.resume()
-                Signals.keep(source)
-            }
-        }
-        logger.info("node daemon stopping")
-        snapshots?.server.stop()
-        try? await snapshots?.task.value
-        await server?.close()
+        var services: [any Service] = []
+        if let server { services.append(ShimServerService(server: server, publisher: publisher)) }
+        if let snapshots { services.append(SnapshotterServerService(server: snapshots.server, task: snapshots.task)) }
+        let group = ServiceGroup(configuration: .init(services: services.map { .init(service: $0) },
+                                                      gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+        endpoint?.close()
+        logger.info("node daemon stopped")
+    }
+}
+
+/// HOST:PORT of an IPv4 listener.
+func parseHostPort(_ text: String, option: String) throws -> (host: String, port: UInt16) {
+    let parts = text.split(separator: ":")
+    guard parts.count == 2, let port = UInt16(parts[1]) else {
+        throw CLIError("\(option) '\(text)' is not HOST:PORT (e.g. 127.0.0.1:9465)")
+    }
+    return (String(parts[0]), port)
+}
+
+/// The shim's ttrpc server as a service: on graceful shutdown it stops
+/// accepting connections, then the event publisher flushes and closes.
+struct ShimServerService: Service {
+    let server: TTRPCServer
+    let publisher: EventPublisher?
+    func run() async throws {
+        try? await gracefulShutdown()
+        await server.close()
         await publisher?.close()
     }
 }
 
-extension NodeCommand {
+/// The snapshotter's gRPC server as a service: graceful shutdown lets
+/// running calls finish.
+struct SnapshotterServerService: Service {
+    let server: SnapshotServer
+    let task: Task<Void, any Error>
+    func run() async throws {
+        try? await gracefulShutdown()
+        server.stop()
+        try await task.value
+    }
+}
+
+extension NodeRun {
     /// The snapshotter's store under ROOT/snapshotter, its lazy mounts made by
     /// this executable, served on the snapshotter socket.
-    func startSnapshotter(reaper: Reaper, logger: Logger) async throws -> (server: SnapshotServer, task: Task<Void, any Error>)? {
+    func startSnapshotter(reaper: Reaper, logger: Logger) async throws -> (server: SnapshotServer, task: Task<Void, any Error>, keeper: FUSEKeeper)? {
         guard snapshotterSocket != "none" else { return nil }
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         let mounter = ProcessImageMounter(executable: exe, store: root + "/store", cache: root + "/cache", reaper: reaper, logger: logger)
@@ -111,19 +166,6 @@ extension NodeCommand {
         do { try await server.listening() } catch {
             throw CLIError("node: cannot listen on \(snapshotterSocket): \(error)")
         }
-        return (server, task)
+        return (server, task, mounter.keeper)
     }
-}
-
-/// Set once, from any thread.
-final class OnceFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var done = false
-    func set() -> Bool { lock.lock(); defer { lock.unlock() }; if done { return false }; done = true; return true }
-}
-
-/// Keeps signal sources alive for the life of the process.
-enum Signals {
-    nonisolated(unsafe) static var sources: [any DispatchSourceSignal] = []
-    static func keep(_ s: any DispatchSourceSignal) { sources.append(s) }
 }

@@ -145,6 +145,11 @@ final class NodeFaultTests {
             let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             #expect(p.terminationStatus == 0 && text == oracle, "\(text) vs runc \(oracle)\n\(nodeLog)")
         }
+        // kangaroo node status counts the takeovers.
+        let status = try run(TestEnv.kangaroo, ["node", "status", "--json", "--shim-socket", node.sub("shim.sock")], check: true).stdout
+        let json = try JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any]
+        let kept = json?["mounts"] as? [[String: Any]] ?? []
+        #expect(kept.count == 1 && kept.first?["takeovers"] as? Int == 2 && kept.first?["mode"] as? String == "fuse", "\(status)")
         // Served by the successor: a new container, the same bytes.
         let again = try ctr(["run", "--rm"] + kangaroo + [reference, "fk-3", "sh", "-c", read])
         #expect(again.status == 0 && again.stdout == oracle, "\(again.output)")

@@ -111,6 +111,40 @@ final class ShimTests {
         #expect(daemons().count == 1)
     }
 
+    @Test("kangaroo node status and the daemon's metrics show its tasks; a paused and a stopped task as such")
+    func statusAndMetrics() throws {
+        for i in 1...3 { try ctr(["run", "-d"] + kangaroo + [image, "k-st\(i)", "sleep", "1000"], check: true) }
+        try ctr(["task", "pause", "k-st2"], check: true)
+        try ctr(["task", "kill", "-s", "KILL", "k-st3"], check: true)
+        for _ in 0..<50 where try status("k-st3") != "STOPPED" { usleep(100_000) }
+        let status = ["node", "status", "--shim-socket", node.sub("shim.sock")]
+        let json = try run(TestEnv.kangaroo, status + ["--json"], check: true).stdout
+        let s = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+        let tasks = try #require(s["tasks"] as? [[String: Any]])
+        var states: [String: String] = [:]
+        for t in tasks { if let id = t["id"] as? String { states[id] = t["state"] as? String } }
+        #expect(states["k-st1"] == "running" && states["k-st2"] == "paused" && states["k-st3"]?.hasPrefix("stopped (137)") == true, "\(states)")
+        #expect((s["pid"] as? Int).map(Int32.init) == daemons().first)
+        let memory = try #require(s["memory"] as? [String: Any])
+        #expect((memory["daemonPSSKiB"] as? Int ?? 0) > 0)
+        let table = try run(TestEnv.kangaroo, status, check: true).stdout
+        #expect(table.contains("TASKS (3)") && table.contains("k-st2") && table.contains("paused"), "\(table)")
+        let address = try #require(s["metrics"] as? String)
+        let metrics = try run("curl", ["-sf", "http://\(address)/metrics"], check: true).stdout
+        #expect(metrics.contains("kangaroo_node_tasks{state=\"running\"} 1"), "\(metrics)")
+        #expect(metrics.contains("kangaroo_node_tasks{state=\"paused\"} 1"), "\(metrics)")
+        #expect(metrics.contains("kangaroo_node_tasks{state=\"stopped\"} 1"), "\(metrics)")
+        try ctr(["task", "resume", "k-st2"], check: true)
+        for i in 1...3 {
+            try ctr(["task", "delete", "--force", "k-st\(i)"])
+            try ctr(["containers", "rm", "k-st\(i)"], check: true)
+        }
+        let after = try run(TestEnv.kangaroo, status + ["--json"], check: true).stdout
+        #expect(after.contains("\"tasks\":[]"), "\(after)")
+        let missing = try run(TestEnv.kangaroo, ["node", "status", "--shim-socket", node.sub("no-such.sock")])
+        #expect(missing.status != 0 && missing.stderr.contains("no node daemon answers on"), "\(missing.output)")
+    }
+
     @Test("task events reach containerd in order: create, start, exit, delete")
     func eventsInOrder() throws {
         let events = try TestContainerd.EventLog(containerd)

@@ -87,6 +87,8 @@ extension TestContainerd {
             "KANGAROO_SNAPSHOTTER_SOCKET": node.sub("snapshotter.sock"),
             // The lazy mounts' state and logs stay in the test's directory.
             "KANGAROO_RUN_DIR": node.sub("run"),
+            // Prometheus metrics on a free loopback port (status names it).
+            "KANGAROO_NODE_METRICS": "127.0.0.1:0",
         ]
     }
 

@@ -1,0 +1,197 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import KangarooLazyFS
+import KangarooShim
+import KangarooSystem
+import Synchronization
+
+/// What `kangaroo node status` shows and the metrics endpoint exports.
+struct NodeStatus: Codable, Sendable {
+    struct Sandbox: Codable, Sendable {
+        var id: String
+        var namespace: String
+        var containers: [String]
+    }
+
+    struct LazyMount: Codable, Sendable {
+        var mountPoint: String
+        var image: String
+        /// fuse or kernel (erofs).
+        var mode: String
+        var serverPID: Int32?
+        /// FUSE servers replaced after dying (failover).
+        var takeovers: Int
+        var pssKiB: Int?
+    }
+
+    struct Memory: Codable, Sendable {
+        var daemonRSSKiB: Int
+        var daemonPSSKiB: Int
+        var mountServersPSSKiB: Int
+        /// (daemon + mount servers) PSS per running task; nil without tasks.
+        var pssPerTaskKiB: Int?
+    }
+
+    var pid: Int32
+    var uptimeSeconds: Double
+    var shimSocket: String
+    var root: String
+    /// The Prometheus endpoint (host:port), if serving one.
+    var metrics: String?
+    var tasks: [TaskService.TaskInfo]
+    var sandboxes: [Sandbox]
+    var mounts: [LazyMount]
+    var memory: Memory
+}
+
+/// The daemon's own ttrpc service `kangaroo.node.v1.Node` (method
+/// `Status`, JSON in and out) on the shim socket, and the Prometheus text
+/// of the same figures.
+final class NodeStatusService: TTRPCService, Sendable {
+    let serviceName = "kangaroo.node.v1.Node"
+    let tasks: TaskService
+    let keeper: FUSEKeeper?
+    let root: String
+    let socket: String
+    let started = Date()
+    let metricsAddress = Mutex<String?>(nil)
+
+    init(tasks: TaskService, keeper: FUSEKeeper?, root: String, socket: String) {
+        self.tasks = tasks
+        self.keeper = keeper
+        self.root = root
+        self.socket = socket
+    }
+
+    func handle(method: String, payload: [UInt8], context: TTRPCRequestContext) async throws -> [UInt8] {
+        guard method == "Status" else { throw ShimError(.unimplemented, "\(serviceName)/\(method) is not implemented") }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return Array(try encoder.encode(await status()))
+    }
+
+    func status() async -> NodeStatus {
+        let list = await tasks.snapshot()
+        var pods: [String: NodeStatus.Sandbox] = [:]
+        for t in list {
+            guard let id = t.sandbox else { continue }
+            pods[id, default: .init(id: id, namespace: t.namespace, containers: [])].containers += t.isSandbox ? [] : [t.id]
+        }
+        let kept = Dictionary((keeper?.status ?? []).map { ($0.mountPoint, $0) }, uniquingKeysWith: { a, _ in a })
+        var mounts: [NodeStatus.LazyMount] = []
+        let images = root + "/snapshotter/images"
+        for name in ((try? FileManager.default.contentsOfDirectory(atPath: images)) ?? []).sorted() {
+            let mountPoint = images + "/" + name + "/mnt"
+            guard let type = MountControl.mountedType(mountPoint) else { continue }
+            let state = MountControl.readState(mountPoint)
+            let pid = kept[mountPoint]?.pid ?? state.flatMap { $0.pid > 0 ? $0.pid : nil }
+            mounts.append(.init(mountPoint: mountPoint, image: state?.image ?? "", mode: type == "erofs" ? "kernel" : "fuse",
+                                serverPID: pid, takeovers: kept[mountPoint]?.takeovers ?? 0, pssKiB: pid.flatMap { Self.memory(of: $0)?.pss }))
+        }
+        let own = Self.memory(of: getpid())
+        let servers = mounts.compactMap(\.pssKiB).reduce(0, +)
+        let running = list.filter { $0.state == "running" || $0.state == "paused" }.count
+        let memory = NodeStatus.Memory(daemonRSSKiB: own?.rss ?? 0, daemonPSSKiB: own?.pss ?? 0, mountServersPSSKiB: servers,
+                                       pssPerTaskKiB: running > 0 ? ((own?.pss ?? 0) + servers) / running : nil)
+        return NodeStatus(pid: getpid(), uptimeSeconds: Date().timeIntervalSince(started), shimSocket: socket, root: root,
+                          metrics: metricsAddress.withLock { $0 }, tasks: list, sandboxes: pods.values.sorted { $0.id < $1.id }, mounts: mounts, memory: memory)
+    }
+
+    /// RSS and PSS of a process in KiB (smaps_rollup).
+    static func memory(of pid: Int32) -> (rss: Int, pss: Int)? {
+        guard let text = try? FileSystem.readString("/proc/\(pid)/smaps_rollup") else { return nil }
+        func field(_ name: String) -> Int? {
+            text.split(separator: "\n").first { $0.hasPrefix(name + ":") }
+                .flatMap { Int($0.dropFirst(name.count + 1).filter(\.isNumber)) }
+        }
+        guard let rss = field("Rss"), let pss = field("Pss") else { return nil }
+        return (rss, pss)
+    }
+
+    /// The Prometheus text of the status (called on the endpoint's thread).
+    func prometheus() -> String {
+        let box = StatusBox()
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            box.value = await status()
+            done.signal()
+        }
+        done.wait()
+        guard let s = box.value else { return "" }
+        var out = ""
+        func metric(_ name: String, _ type: String, _ help: String, _ samples: [(labels: String, value: String)]) {
+            out += "# HELP kangaroo_node_\(name) \(help)\n# TYPE kangaroo_node_\(name) \(type)\n"
+            for sample in samples { out += "kangaroo_node_\(name)\(sample.labels.isEmpty ? "" : "{\(sample.labels)}") \(sample.value)\n" }
+        }
+        var byState: [String: Int] = [:]
+        for t in s.tasks { byState[t.state.hasPrefix("stopped") ? "stopped" : t.state, default: 0] += 1 }
+        metric("tasks", "gauge", "Tasks served, by state.", ["created", "running", "paused", "stopped"].map { ("state=\"\($0)\"", "\(byState[$0] ?? 0)") })
+        metric("sandboxes", "gauge", "CRI pod sandboxes with a task here.", [("", "\(s.sandboxes.count)")])
+        metric("lazy_mounts", "gauge", "Lazy image mounts, by mode.", ["fuse", "kernel"].map { m in ("mode=\"\(m)\"", "\(s.mounts.filter { $0.mode == m }.count)") })
+        metric("fuse_takeovers_total", "counter", "FUSE servers replaced after they died, per mount.",
+               s.mounts.filter { $0.mode == "fuse" }.map { ("mountpoint=\"\(MetricsEndpoint.escape($0.mountPoint))\"", "\($0.takeovers)") })
+        metric("memory_pss_bytes", "gauge", "Proportional set size of the daemon and of the lazy mount servers.",
+               [("process=\"daemon\"", "\(s.memory.daemonPSSKiB * 1024)"), ("process=\"mount-servers\"", "\(s.memory.mountServersPSSKiB * 1024)")])
+        metric("memory_rss_bytes", "gauge", "Resident set size of the daemon.", [("", "\(s.memory.daemonRSSKiB * 1024)")])
+        metric("uptime_seconds", "gauge", "Seconds since the daemon started.", [("", String(format: "%.1f", s.uptimeSeconds))])
+        return out
+    }
+}
+
+private final class StatusBox: @unchecked Sendable {
+    var value: NodeStatus?
+}
+
+/// `kangaroo node status`: asks the running daemon.
+struct NodeStatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Show the running node daemon's tasks, sandboxes, lazy mounts and memory.")
+
+    @Option(name: .long, help: ArgumentHelp("The daemon's ttrpc socket.", valueName: "path"))
+    var shimSocket: String = NodeCommand.env["KANGAROO_SHIM_SOCKET"] ?? "/run/kangaroo/shim.sock"
+
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() async throws {
+        let bytes: [UInt8]
+        do {
+            let client = try await TTRPCClient.connect(path: shimSocket)
+            defer { Task { await client.close() } }
+            bytes = try await client.call(service: "kangaroo.node.v1.Node", method: "Status", payload: [], timeout: .seconds(10))
+        } catch {
+            fail(CLIError("node status: no node daemon answers on \(shimSocket) (\(error)); start one with `kangaroo node` or pass --shim-socket"))
+        }
+        if json {
+            print(String(decoding: bytes, as: UTF8.self))
+            return
+        }
+        let s: NodeStatus
+        do { s = try JSONDecoder().decode(NodeStatus.self, from: Data(bytes)) } catch {
+            fail(CLIError("node status: the daemon's answer is not a status: \(error)"))
+        }
+        func pad(_ text: String, _ width: Int) -> String { text.padding(toLength: max(width, text.count + 1), withPad: " ", startingAt: 0) }
+        print("node daemon pid \(s.pid), up \(Int(s.uptimeSeconds)) s, socket \(s.shimSocket), root \(s.root)"
+              + (s.metrics.map { ", metrics http://\($0)/metrics" } ?? ""))
+        print("\nTASKS (\(s.tasks.count))")
+        if !s.tasks.isEmpty {
+            print(pad("NAMESPACE", 12) + pad("ID", 28) + pad("PID", 9) + pad("STATE", 14) + pad("EXECS", 7) + "SANDBOX")
+            for t in s.tasks {
+                let sandbox = t.isSandbox ? "(sandbox)" : (t.sandbox.map { String($0.prefix(12)) } ?? "-")
+                print(pad(t.namespace, 12) + pad(String(t.id.prefix(26)), 28) + pad("\(t.pid)", 9) + pad(t.state, 14) + pad("\(t.execs)", 7) + sandbox)
+            }
+        }
+        print("\nSANDBOXES (\(s.sandboxes.count))")
+        for p in s.sandboxes { print("\(p.id.prefix(12))  \(p.namespace)  \(p.containers.count) containers") }
+        print("\nLAZY MOUNTS (\(s.mounts.count))")
+        for m in s.mounts {
+            let server = m.serverPID.map { "server \($0)" } ?? "no server"
+            let pss = m.pssKiB.map { ", PSS \($0) KiB" } ?? ""
+            print("\(m.image.isEmpty ? m.mountPoint : m.image)  \(m.mode)  \(server)\(pss), \(m.takeovers) takeovers")
+        }
+        print("\nMEMORY")
+        print("daemon RSS \(s.memory.daemonRSSKiB) KiB, PSS \(s.memory.daemonPSSKiB) KiB; mount servers PSS \(s.memory.mountServersPSSKiB) KiB"
+              + (s.memory.pssPerTaskKiB.map { "; \($0) KiB per running task" } ?? ""))
+    }
+}
