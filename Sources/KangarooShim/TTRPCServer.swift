@@ -1,5 +1,6 @@
 import ContainerdAPI
 import Foundation
+import KangarooSystem
 import Logging
 import NIOCore
 import NIOPosix
@@ -49,6 +50,29 @@ public final class TTRPCServer: Sendable {
     let logger: Logger
     private let channel = Mutex<(any Channel)?>(nil)
 
+    /// How a supervised server (see `serve(listening:...)`) tells its
+    /// supervisor about connections and keeps requests across its death.
+    public struct Supervision: Sendable {
+        /// Called with each accepted connection's descriptor and id before
+        /// it is served (the supervisor keeps a copy).
+        public var accepted: @Sendable (Int32, String) -> Void
+        /// Called when a connection is closed here.
+        public var closed: @Sendable (String) -> Void
+        /// Requests being handled, one file each, replayed by the next
+        /// server on the connection they came on.
+        public var journal: String
+        /// Unique across servers: connection ids are "<generation>-<n>".
+        public var generation: Int
+        public init(accepted: @escaping @Sendable (Int32, String) -> Void, closed: @escaping @Sendable (String) -> Void,
+                    journal: String, generation: Int) {
+            self.accepted = accepted
+            self.closed = closed
+            self.journal = journal
+            self.generation = generation
+        }
+    }
+    private let listening = Mutex<Int32>(-1)
+
     public init(path: String, services: [any TTRPCService], logger: Logger) {
         self.path = path
         self.services = Dictionary(services.map { ($0.serviceName, $0) }, uniquingKeysWith: { a, _ in a })
@@ -65,18 +89,134 @@ public final class TTRPCServer: Sendable {
                 child.eventLoop.makeCompletedFuture {
                     try child.pipeline.syncOperations.addHandler(ByteToMessageHandler(TTRPCFrameDecoder()))
                     try child.pipeline.syncOperations.addHandler(MessageToByteHandler(TTRPCFrameEncoder()))
-                    try child.pipeline.syncOperations.addHandler(TTRPCServerHandler(services: services, logger: logger))
+                    try child.pipeline.syncOperations.addHandler(TTRPCServerHandler(services: services, logger: logger, journal: nil))
                 }
             }
             .bind(unixDomainSocketPath: path).get()
         channel.withLock { $0 = bound }
     }
 
+    /// Serves the listening socket `listener` (its supervisor's, which
+    /// keeps it across this server's death), first taking over
+    /// `connections` (id → descriptor) a previous server had, with the
+    /// requests it had not answered (from the journal).
+    public func serve(listening listener: Int32, connections: [(id: String, fd: Int32)], supervision: Supervision,
+                      group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws {
+        try FileSystem.makeDirectories(supervision.journal, mode: 0o700)
+        let kept = Set(connections.map(\.id))
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: supervision.journal)) ?? [] {
+            if !kept.contains(String(name.prefix { $0 != "." })) { unlink(supervision.journal + "/" + name) }
+        }
+        for c in connections {
+            let channel = try await adopt(c.fd, id: c.id, supervision: supervision, group: group)
+            replay(on: channel, id: c.id, journal: supervision.journal)
+        }
+        listening.withLock { $0 = listener }
+        Thread.detachNewThread { [self] in
+            var n = 0
+            while true {
+                let fd = accept(listener, nil, nil)
+                if fd < 0 {
+                    if errno == EINTR || errno == ECONNABORTED { continue }
+                    if listening.withLock({ $0 }) < 0 { return }
+                    logger.error("ttrpc: accept failed", metadata: ["error": "\(String(cString: strerror(errno)))"])
+                    usleep(100_000)
+                    continue
+                }
+                _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+                n += 1
+                let id = "\(supervision.generation)-\(n)"
+                supervision.accepted(fd, id)
+                let done = DispatchSemaphore(value: 0)
+                Task {
+                    do { _ = try await adopt(fd, id: id, supervision: supervision, group: group) } catch {
+                        logger.error("ttrpc: cannot serve a connection", metadata: ["error": "\(error)"])
+                        Glibc.close(fd)
+                    }
+                    done.signal()
+                }
+                done.wait()
+            }
+        }
+    }
+
+    /// Serves the connected socket `fd` (NIO takes it).
+    func adopt(_ fd: Int32, id: String, supervision: Supervision, group: any EventLoopGroup) async throws -> any Channel {
+        let services = self.services, logger = self.logger
+        let journal = TTRPCJournal(directory: supervision.journal, connection: id, closed: supervision.closed)
+        return try await ClientBootstrap(group: group)
+            .channelInitializer { child in
+                child.eventLoop.makeCompletedFuture {
+                    try child.pipeline.syncOperations.addHandler(ByteToMessageHandler(TTRPCFrameDecoder()))
+                    try child.pipeline.syncOperations.addHandler(MessageToByteHandler(TTRPCFrameEncoder()))
+                    try child.pipeline.syncOperations.addHandler(TTRPCServerHandler(services: services, logger: logger, journal: journal))
+                }
+            }
+            .withConnectedSocket(fd).get()
+    }
+
+    /// Answers the requests of connection `id` a previous server had read.
+    func replay(on channel: any Channel, id: String, journal directory: String) {
+        let prefix = id + "."
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where name.hasPrefix(prefix) {
+            guard let stream = UInt32(name.dropFirst(prefix.count)),
+                  let data = FileManager.default.contents(atPath: directory + "/" + name) else { continue }
+            logger.info("ttrpc: answering a request the previous daemon had read", metadata: ["connection": "\(id)", "stream": "\(stream)"])
+            let services = self.services, logger = self.logger
+            let path = directory + "/" + name
+            Task(executorPreference: TTRPCServerHandler.executor) {
+                let response = await TTRPCServerHandler.respond(to: [UInt8](data), services: services, logger: logger)
+                let bytes: [UInt8] = (try? response.serializedBytes()) ?? []
+                try? await channel.writeAndFlush(TTRPCFrame(streamID: stream, kind: .response, data: bytes))
+                unlink(path)
+            }
+        }
+    }
+
     /// Stops accepting; open connections close as their peers go.
     public func close() async {
         let c = channel.withLock { c in defer { c = nil }; return c }
         try? await c?.close()
-        unlink(path)
+        // A supervised server's listening socket is the supervisor's: it
+        // stays open (for the next daemon); only this one stops accepting.
+        listening.withLock { $0 = -1 }
+        if c != nil { unlink(path) }
+    }
+}
+
+/// Requests of one connection being handled: a file per stream id, so
+/// that the next daemon answers those this one read and did not (it died).
+final class TTRPCJournal: Sendable {
+    let directory: String
+    let connection: String
+    let closed: @Sendable (String) -> Void
+
+    init(directory: String, connection: String, closed: @escaping @Sendable (String) -> Void) {
+        self.directory = directory
+        self.connection = connection
+        self.closed = closed
+    }
+
+    func path(_ stream: UInt32) -> String { directory + "/" + connection + "." + String(stream) }
+
+    func record(_ stream: UInt32, _ data: [UInt8]) {
+        let tmp = path(stream) + ".tmp"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return }
+        _ = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        Glibc.close(fd)
+        rename(tmp, path(stream))
+    }
+
+    func remove(_ stream: UInt32) { unlink(path(stream)) }
+
+    /// The connection ended: its requests need no answer.
+    func connectionClosed() {
+        let prefix = connection + "."
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where name.hasPrefix(prefix) {
+            unlink(directory + "/" + name)
+        }
+        closed(connection)
     }
 }
 
@@ -86,12 +226,14 @@ final class TTRPCServerHandler: ChannelInboundHandler, Sendable {
 
     let services: [String: any TTRPCService]
     let logger: Logger
+    let journal: TTRPCJournal?
 
     static let executor = DispatchTaskExecutor(label: "kangaroo.ttrpc")
 
-    init(services: [String: any TTRPCService], logger: Logger) {
+    init(services: [String: any TTRPCService], logger: Logger, journal: TTRPCJournal?) {
         self.services = services
         self.logger = logger
+        self.journal = journal
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -99,12 +241,19 @@ final class TTRPCServerHandler: ChannelInboundHandler, Sendable {
         // Streams are not used by containerd's shim or event APIs.
         guard frame.kind == TTRPCFrame.Kind.request.rawValue else { return }
         let channel = context.channel
-        let services = self.services, logger = self.logger
+        let services = self.services, logger = self.logger, journal = self.journal
+        journal?.record(frame.streamID, frame.data)
         Task(executorPreference: Self.executor) {
             let response = await Self.respond(to: frame.data, services: services, logger: logger)
             let bytes: [UInt8] = (try? response.serializedBytes()) ?? []
-            channel.writeAndFlush(TTRPCFrame(streamID: frame.streamID, kind: .response, data: bytes), promise: nil)
+            try? await channel.writeAndFlush(TTRPCFrame(streamID: frame.streamID, kind: .response, data: bytes))
+            journal?.remove(frame.streamID)
         }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        journal?.connectionClosed()
+        context.fireChannelInactive()
     }
 
     static func respond(to data: [UInt8], services: [String: any TTRPCService], logger: Logger) async -> Ttrpc_Response {

@@ -32,7 +32,7 @@ public actor TaskService: TTRPCService {
 
     /// One process of a task: the init or an exec.
     struct Process: Sendable {
-        enum State: Sendable, Equatable {
+        enum State: Sendable, Equatable, Codable {
             case created
             case running
             case stopped(exitStatus: UInt32, at: Date)
@@ -50,7 +50,7 @@ public actor TaskService: TTRPCService {
 
     /// A task: its init and exec processes, bundle and what Create mounted.
     struct TaskRecord: Sendable {
-        enum State: Sendable { case created, running, paused, stopped }
+        enum State: String, Sendable, Codable { case created, running, paused, stopped }
         var bundle: String
         var rootfsMounted: String?
         var state: State = .created
@@ -115,6 +115,106 @@ public actor TaskService: TTRPCService {
         default:
             throw ShimError(.unimplemented, "containerd.task.v2.Task/\(method) is not implemented")
         }
+    }
+
+    // MARK: - Persistence
+
+    /// What survives this process (a restarted daemon takes its tasks
+    /// over): one JSON file per task under STATE/tasks/NAMESPACE/.
+    struct PersistedProcess: Codable {
+        var pid: Int32
+        var state: Process.State
+        var stdin: String, stdout: String, stderr: String
+        var terminal: Bool
+        var spec: Data
+    }
+
+    struct PersistedTask: Codable {
+        var namespace: String
+        var id: String
+        var bundle: String
+        var rootfsMounted: String?
+        var state: TaskRecord.State
+        var initProcess: PersistedProcess
+        var execs: [String: PersistedProcess]
+    }
+
+    nonisolated func recordPath(_ key: Key) -> String { stateRoot + "/tasks/" + key.namespace + "/" + key.id + ".json" }
+
+    /// Sets (nil: removes) a task and its record on disk.
+    func put(_ key: Key, _ record: TaskRecord?) {
+        tasks[key] = record
+        let path = recordPath(key)
+        guard let t = record else {
+            unlink(path)
+            return
+        }
+        func persisted(_ p: Process) -> PersistedProcess {
+            PersistedProcess(pid: p.pid, state: p.state, stdin: p.stdin, stdout: p.stdout, stderr: p.stderr,
+                             terminal: p.terminal, spec: Data(p.spec))
+        }
+        let value = PersistedTask(namespace: key.namespace, id: key.id, bundle: t.bundle, rootfsMounted: t.rootfsMounted,
+                                  state: t.state, initProcess: persisted(t.initProcess), execs: t.execs.mapValues(persisted))
+        do {
+            let data = try JSONEncoder().encode(value)
+            try FileSystem.makeDirectories((path as NSString).deletingLastPathComponent, mode: 0o700)
+            try data.write(to: URL(fileURLWithPath: path), options: .atomic)
+        } catch {
+            logger.error("cannot record task state", metadata: ["container": "\(key.id)", "path": "\(path)", "error": "\(error)"])
+        }
+    }
+
+    func take(_ key: Key) -> TaskRecord? {
+        let t = tasks[key]
+        put(key, nil)
+        return t
+    }
+
+    /// Takes over the tasks a previous daemon recorded: processes still
+    /// there are watched (their exits come from the supervisor, which
+    /// reaped them as their new parent: `statuses`, then through the
+    /// reaper); processes gone without a known status are reported exited
+    /// with 255. Returns how many tasks were taken over.
+    public func restore(statuses: [Int32: Int32]) -> Int {
+        let root = stateRoot + "/tasks"
+        var count = 0
+        for ns in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [] {
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: root + "/" + ns)) ?? [] where name.hasSuffix(".json") {
+                guard let data = FileManager.default.contents(atPath: root + "/" + ns + "/" + name),
+                      let p = try? JSONDecoder().decode(PersistedTask.self, from: data) else {
+                    logger.warning("unreadable task record removed", metadata: ["path": "\(root)/\(ns)/\(name)"])
+                    unlink(root + "/" + ns + "/" + name)
+                    continue
+                }
+                func process(_ q: PersistedProcess) -> Process {
+                    var r = Process(pid: q.pid, state: q.state)
+                    r.stdin = q.stdin; r.stdout = q.stdout; r.stderr = q.stderr
+                    r.terminal = q.terminal
+                    r.spec = [UInt8](q.spec)
+                    return r
+                }
+                let key = Key(namespace: p.namespace, id: p.id)
+                tasks[key] = TaskRecord(bundle: p.bundle, rootfsMounted: p.rootfsMounted, state: p.state,
+                                        initProcess: process(p.initProcess), execs: p.execs.mapValues(process))
+                count += 1
+                var live: [(String?, Int32)] = []
+                if p.initProcess.pid > 0 { live.append((nil, p.initProcess.pid)) }
+                for (exec, q) in p.execs where q.pid > 0 { live.append((exec, q.pid)) }
+                for (exec, pid) in live {
+                    let current = exec.map { tasks[key]?.execs[$0] } ?? tasks[key]?.initProcess
+                    if case .stopped = current?.state { continue }
+                    if let status = statuses[pid] {
+                        exited(key, exec: exec, status: status)
+                    } else if Glibc.kill(pid, 0) == 0 {
+                        watch(key, exec: exec, pid: pid)
+                    } else {
+                        exited(key, exec: exec, status: 255 << 8)
+                    }
+                }
+            }
+        }
+        if count > 0 { logger.info("took over the tasks of the previous daemon", metadata: ["tasks": "\(count)"]) }
+        return count
     }
 
     /// One task as `kangaroo node status` shows it.
@@ -211,7 +311,7 @@ public actor TaskService: TTRPCService {
             process.console = try Terminal(master: master, stdin: r.stdin, stdout: r.stdout, what: "task \(id)")
         }
         undo.disarm()
-        tasks[key] = TaskRecord(bundle: r.bundle, rootfsMounted: mounted, initProcess: process)
+        put(key, TaskRecord(bundle: r.bundle, rootfsMounted: mounted, initProcess: process))
         watch(key, exec: nil, pid: pid)
         logger.info("task created", metadata: ["namespace": "\(ns)", "container": "\(id)", "pid": "\(pid)"])
         var event = Containerd_Events_TaskCreate()
@@ -258,7 +358,7 @@ public actor TaskService: TTRPCService {
         p.waiters = []
         process = p
         if let exec { t.execs[exec] = p } else { t.initProcess = p; t.state = .stopped }
-        tasks[key] = t
+        put(key, t)
         var event = Containerd_Events_TaskExit()
         event.containerID = key.id
         event.id = exec ?? key.id
@@ -283,7 +383,7 @@ public actor TaskService: TTRPCService {
             }
             t = try record(key)
             if t.initProcess.state == .created { t.initProcess.state = .running; t.state = .running }
-            tasks[key] = t
+            put(key, t)
             response.pid = UInt32(t.initProcess.pid)
             var event = Containerd_Events_TaskStart()
             event.containerID = id
@@ -329,7 +429,7 @@ public actor TaskService: TTRPCService {
         p.console = console
         p.state = .running
         t.execs[r.execID] = p
-        tasks[key] = t
+        put(key, t)
         watch(key, exec: r.execID, pid: pid)
         var event = Containerd_Events_TaskExecStarted()
         event.containerID = id
@@ -351,7 +451,7 @@ public actor TaskService: TTRPCService {
         p.terminal = r.terminal
         p.spec = [UInt8](r.spec.value)
         t.execs[r.execID] = p
-        tasks[key] = t
+        put(key, t)
         var event = Containerd_Events_TaskExecAdded()
         event.containerID = r.id
         event.execID = r.execID
@@ -371,7 +471,7 @@ public actor TaskService: TTRPCService {
             result = await withCheckedContinuation { c in
                 p.waiters.append(c)
                 if r.execID.isEmpty { t.initProcess = p } else { t.execs[r.execID] = p }
-                tasks[key] = t
+                put(key, t)
             }
         }
         var response = Containerd_Task_V2_WaitResponse()
@@ -408,7 +508,7 @@ public actor TaskService: TTRPCService {
             guard let p = t.execs[r.execID] else { throw ShimError(.notFound, "exec \(r.execID) of task \(r.id) not found") }
             if case .running = p.state { throw ShimError(.failedPrecondition, "exec \(r.execID) of task \(r.id) is running") }
             t.execs[r.execID] = nil
-            tasks[key] = t
+            put(key, t)
             if let console = p.console { _ = try? await blocking { console.close() } }
             response.pid = UInt32(p.pid)
             if case .stopped(let code, let at) = p.state {
@@ -428,7 +528,7 @@ public actor TaskService: TTRPCService {
             let left = Mounts.detachAll(under: [target])
             if !left.isEmpty { logger.warning("cannot unmount", metadata: ["container": "\(id)", "mounts": "\(left)"]) }
         }
-        t = tasks.removeValue(forKey: key) ?? t
+        t = take(key) ?? t
         let consoles = ([t.initProcess] + t.execs.values).compactMap(\.console)
         if !consoles.isEmpty { _ = try? await blocking { for c in consoles { c.close() } } }
         response.pid = UInt32(t.initProcess.pid)
@@ -498,7 +598,7 @@ public actor TaskService: TTRPCService {
         }
         t = try record(key)
         t.state = paused ? .paused : .running
-        tasks[key] = t
+        put(key, t)
         if paused {
             var event = Containerd_Events_TaskPaused()
             event.containerID = id

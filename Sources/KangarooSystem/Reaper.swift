@@ -42,6 +42,17 @@ public final class Reaper: Sendable {
         if let early { onExit(pid, early) }
     }
 
+    /// The exit of `pid` learnt elsewhere (a former child of a previous
+    /// daemon, reaped by its supervisor): reported as if reaped here.
+    public func deliver(_ pid: Int32, status: Int32) {
+        let handler = state.withLock { s -> Handler? in
+            if let h = s.watched.removeValue(forKey: pid) { return h }
+            s.unclaimed[pid] = (status, ContinuousClock.now)
+            return nil
+        }
+        handler?(pid, status)
+    }
+
     public func start(becomeSubreaper: Bool) {
         let go = state.withLock { s -> Bool in defer { s.started = true }; return !s.started }
         guard go else { return }

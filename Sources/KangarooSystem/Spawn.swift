@@ -11,12 +11,18 @@ public enum Spawn {
         public var log: String?
         /// A descriptor of the caller that the child gets as fd 3.
         public var fd3: Int32?
+        /// Descriptors of the caller the child gets as fds 3, 4, ... (after
+        /// `fd3`, if set, instead of it).
+        public var descriptors: [Int32] = []
         /// setsid: no controlling terminal, no job-control signals.
         public var newSession = false
-        public init(log: String? = nil, fd3: Int32? = nil, newSession: Bool = false) {
+        /// stdout and stderr stay the caller's (`log` is ignored).
+        public var inheritOutput = false
+        public init(log: String? = nil, fd3: Int32? = nil, newSession: Bool = false, inheritOutput: Bool = false) {
             self.log = log
             self.fd3 = fd3
             self.newSession = newSession
+            self.inheritOutput = inheritOutput
         }
     }
 
@@ -27,9 +33,17 @@ public enum Spawn {
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, options.log ?? "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0o640)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        if let fd = options.fd3 { posix_spawn_file_actions_adddup2(&actions, fd, 3) }
+        if !options.inheritOutput {
+            posix_spawn_file_actions_addopen(&actions, 1, options.log ?? "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0o640)
+            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        }
+        // Copies above any target number first, so that one source is not
+        // overwritten by another's dup2.
+        let sources = (options.fd3.map { [$0] } ?? []) + options.descriptors
+        let copies = sources.map { fcntl($0, F_DUPFD_CLOEXEC, 64) }
+        defer { for c in copies where c >= 0 { close(c) } }
+        if copies.contains(where: { $0 < 0 }) { throw Errno(rawValue: errno) }
+        for (i, c) in copies.enumerated() { posix_spawn_file_actions_adddup2(&actions, c, Int32(3 + i)) }
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }

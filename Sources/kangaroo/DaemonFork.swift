@@ -24,6 +24,10 @@ enum DaemonFork {
         var kept: Set<Int32> = []
         if let i = args.firstIndex(of: "--ready-fd"), i + 1 < args.count, let fd = Int32(args[i + 1]) { kept.insert(fd) }
         for a in args where a.hasPrefix("--ready-fd=") { if let fd = Int32(a.dropFirst("--ready-fd=".count)) { kept.insert(fd) } }
+        // A supervised daemon's listening and control sockets.
+        if let i = args.firstIndex(of: "--worker-fds"), i + 1 < args.count {
+            for part in args[i + 1].split(separator: ",") { if let fd = Int32(part) { kept.insert(fd) } }
+        }
         closeInheritedDescriptors(keeping: kept)
     }
 

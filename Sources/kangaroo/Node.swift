@@ -57,6 +57,12 @@ struct NodeRun: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error.", valueName: "level"))
     var logLevel: String = env["KANGAROO_LOG_LEVEL"] ?? "info"
 
+    @Flag(inversion: .prefixedNo, help: "Run the daemon under a supervisor that keeps containerd's connections and the containers' exits across a daemon crash and restarts it.")
+    var supervise = true
+
+    @Option(name: .long, help: .hidden) var workerFds: String?
+    @Option(name: .long, help: .hidden) var workerGeneration: Int = 1
+
     func run() async throws {
         LoggingSetup.bootstrap(level: Logger.Level(rawValue: logLevel) ?? .info)
         var logger = Logger(label: "kangaroo.node")
@@ -65,6 +71,27 @@ struct NodeRun: AsyncParsableCommand {
             throw CLIError("node: --shim-socket none and --snapshotter-socket none: nothing to serve")
         }
         let metricsAddress = try metrics.map { try parseHostPort($0, option: "--metrics") }
+        if shimSocket != "none" && supervise && workerFds == nil {
+            try FileSystem.makeDirectories((shimSocket as NSString).deletingLastPathComponent, mode: 0o711)
+            let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+            var args = ["--state", state, "--root", root, "--shim-socket", shimSocket, "--snapshotter-socket", snapshotterSocket,
+                        "--log-level", logLevel]
+            if let events { args += ["--events", events] }
+            if let metrics { args += ["--metrics", metrics] }
+            let supervisor = NodeSupervisor(executable: exe, arguments: args, socket: shimSocket, readyFD: readyFD, logger: logger)
+            Foundation.exit(try supervisor.run())
+        }
+        // A supervised daemon: its listening socket and the control socket.
+        var link: SupervisorLink?
+        var listener: Int32 = -1
+        var handover = SupervisorLink.Handover()
+        if let fds = workerFds {
+            let parts = fds.split(separator: ",").compactMap { Int32($0) }
+            guard parts.count == 2 else { throw CLIError("node: --worker-fds '\(fds)' is not LISTEN,CONTROL") }
+            listener = parts[0]
+            link = SupervisorLink(socket: parts[1])
+            handover = try link!.handover()
+        }
         do {
             try FileSystem.makeDirectories(state, mode: 0o711)
             if shimSocket != "none" {
@@ -84,8 +111,22 @@ struct NodeRun: AsyncParsableCommand {
         let snapshots = try await startSnapshotter(reaper: reaper, logger: logger)
         let status = NodeStatusService(tasks: tasks, keeper: snapshots?.keeper, root: root, socket: shimSocket)
         let server: TTRPCServer? = shimSocket == "none" ? nil : TTRPCServer(path: shimSocket, services: [tasks, status], logger: logger)
-        do { try await server?.start() } catch {
-            throw CLIError("node: cannot listen on \(shimSocket): \(error)")
+        if let link, let server {
+            // Tasks of the daemon before this one first, then its
+            // connections and unanswered requests, then new connections.
+            _ = await tasks.restore(statuses: handover.statuses)
+            for (pid, status) in handover.statuses { reaper.deliver(pid, status: status) }
+            link.forwardStatuses { pid, status in reaper.deliver(pid, status: status) }
+            let supervision = TTRPCServer.Supervision(
+                accepted: { fd, id in link.send("K \(id)", fd: fd) }, closed: { id in link.send("D \(id)") },
+                journal: state + "/inflight", generation: workerGeneration)
+            do { try await server.serve(listening: listener, connections: handover.connections, supervision: supervision) } catch {
+                throw CLIError("node: cannot serve the supervisor's socket: \(error)")
+            }
+        } else {
+            do { try await server?.start() } catch {
+                throw CLIError("node: cannot listen on \(shimSocket): \(error)")
+            }
         }
         var endpoint: MetricsEndpoint?
         if let address = metricsAddress {
@@ -97,7 +138,9 @@ struct NodeRun: AsyncParsableCommand {
         logger.info("node daemon ready", metadata: ["socket": "\(shimSocket)", "snapshotter": "\(snapshotterSocket)",
                                                     "state": "\(state)", "root": "\(root)", "events": "\(events ?? "none")",
                                                     "metrics": "\(endpoint.map { "\(metricsAddress!.host):\($0.port)" } ?? "none")"])
-        if let fd = readyFD {
+        if let link {
+            link.send("R")
+        } else if let fd = readyFD {
             let msg = Array("ready\n".utf8)
             _ = msg.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
             close(fd)

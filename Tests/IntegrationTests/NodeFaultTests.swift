@@ -81,6 +81,89 @@ final class NodeFaultTests {
         #expect(mountCount() == 0, "\(nodeLog)")
     }
 
+    @Test("kill -9 of the node daemon with 10 tasks running: containerd still manages every task (exec, kill, delete); exits meanwhile are reported; a waiting ctr gets its exit")
+    func daemonCrash() throws {
+        let ids = (0..<10).map { "dk-\($0)" }
+        for id in ids { try ctr(["run", "-d"] + kangaroo + [reference, id, "sleep", "1000"], check: true) }
+        var pids: [String: Int32] = [:]
+        for line in try ctr(["task", "ls"]).stdout.split(separator: "\n").dropFirst() {
+            let f = line.split(separator: " ", omittingEmptySubsequences: true)
+            if f.count >= 3, let pid = Int32(f[1]) { pids[String(f[0])] = pid }
+        }
+        #expect(pids.count == 10)
+        // A client waiting on an exec across the crash.
+        let waiting = Process()
+        waiting.executableURL = URL(fileURLWithPath: "/usr/bin/ctr")
+        waiting.arguments = containerd.ctr + ["task", "exec", "--exec-id", "w", ids[1], "sh", "-c", "sleep 3; echo waited; exit 3"]
+        let out = Pipe()
+        waiting.standardOutput = out
+        waiting.standardError = out
+        try waiting.run()
+        usleep(800_000)
+        let old = nodeDaemons(socket: node.sub("shim.sock"))
+        #expect(old.count == 1)
+        for pid in old { kill(pid, SIGKILL) }
+        // A task that dies while the daemon is down.
+        if let pid = pids[ids[2]] { kill(pid, SIGKILL) }
+        var new: [Int32] = []
+        for _ in 0..<100 {
+            new = nodeDaemons(socket: node.sub("shim.sock")).filter { !old.contains($0) }
+            if !new.isEmpty { break }
+            usleep(50_000)
+        }
+        #expect(new.count == 1, "the supervisor started a new daemon\n\(nodeLog)")
+        waiting.waitUntilExit()
+        let waited = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(waiting.terminationStatus == 3 && waited.contains("waited"), "\(waiting.terminationStatus): \(waited)\n\(nodeLog)")
+        var after: [String: String] = [:]
+        for _ in 0..<50 {
+            after = try statuses()
+            if after[ids[2]] == "STOPPED" { break }
+            usleep(100_000)
+        }
+        #expect(after.count == 10, "\(after)")
+        #expect(after[ids[2]] == "STOPPED", "the exit while the daemon was down is reported: \(after)")
+        #expect(ids.filter { $0 != ids[2] }.allSatisfy { after[$0] == "RUNNING" }, "\(after)")
+        for id in ids.suffix(3) {
+            let r = try ctr(["task", "exec", "--exec-id", "x", id, "sh", "-c", "cat /etc/hostname >/dev/null; echo alive"])
+            #expect(r.status == 0 && r.stdout == "alive\n", "\(id): \(r.output)\n\(nodeLog)")
+        }
+        let deleted = try ctr(["task", "delete", ids[2]])
+        #expect(deleted.output.contains("137"), "exit status of the SIGKILL while down: \(deleted.output)")
+        // An exit after the takeover (the supervisor reaps it, the new
+        // daemon reports it).
+        try ctr(["task", "kill", "-s", "SIGKILL", ids[3]], check: true)
+        var status = ""
+        for _ in 0..<50 where status != "STOPPED" {
+            status = try statuses()[ids[3]] ?? ""
+            usleep(100_000)
+        }
+        #expect(status == "STOPPED", "\(nodeLog)")
+        let deleted3 = try ctr(["task", "delete", ids[3]])
+        #expect(deleted3.output.contains("137"), "\(deleted3.output)")
+        // New tasks are the new daemon's.
+        let fresh = try ctr(["run", "--rm"] + kangaroo + [reference, "dk-new", "sh", "-c", "echo fresh"])
+        #expect(fresh.stdout == "fresh\n", "\(fresh.output)")
+        for id in ids {
+            try ctr(["task", "delete", "--force", id])
+            var removed = try ctr(["containers", "delete", id])
+            // The snapshotter came back with the daemon: containerd's proxy
+            // connection may still be backing off.
+            for _ in 0..<40 where removed.status != 0 && removed.output.contains("unavailable") {
+                usleep(200_000)
+                removed = try ctr(["containers", "delete", id])
+            }
+            #expect(removed.status == 0, "\(removed.output)")
+        }
+        #expect(try ctr(["task", "ls", "-q"]).stdout.isEmpty)
+        for _ in 0..<50 where mountCount() > 0 { usleep(100_000) }
+        #expect(mountCount() == 0, "\(nodeLog)")
+        let journal = (try? FileManager.default.contentsOfDirectory(atPath: node.sub("state/inflight"))) ?? []
+        #expect(journal.isEmpty, "\(journal)")
+        let records = (try? FileManager.default.contentsOfDirectory(atPath: node.sub("state/tasks/default"))) ?? []
+        #expect(records.isEmpty, "\(records)")
+    }
+
     /// Mounts below the node directory (container rootfs, lazy mounts).
     func mountCount() -> Int {
         (procText("/proc/self/mountinfo") ?? "").split(separator: "\n")

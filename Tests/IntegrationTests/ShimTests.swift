@@ -100,11 +100,14 @@ final class ShimTests {
         #expect(daemons().count == 1)
         let left = (try? FileManager.default.contentsOfDirectory(atPath: node.sub("state/runtime/default"))) ?? []
         #expect(left.isEmpty, "\(left)")
-        // SIGTERM stops it (after an exec, whose thread joined a pid
-        // namespace); the next task's shim start brings up a new one.
-        for pid in daemons() { kill(pid, SIGTERM) }
-        for _ in 0..<50 where !daemons().isEmpty { usleep(100_000) }
-        #expect(daemons().isEmpty, "the node daemon ignored SIGTERM")
+        // SIGTERM to its supervisor stops both (after an exec, whose thread
+        // joined a pid namespace); the next task's shim start brings up a
+        // new one.
+        let supervisors = nodeSupervisors(socket: node.sub("shim.sock"))
+        #expect(supervisors.count == 1)
+        for pid in supervisors { kill(pid, SIGTERM) }
+        for _ in 0..<50 where !daemons().isEmpty || !nodeSupervisors(socket: node.sub("shim.sock")).isEmpty { usleep(100_000) }
+        #expect(daemons().isEmpty && nodeSupervisors(socket: node.sub("shim.sock")).isEmpty, "the node daemon ignored SIGTERM")
         #expect(!FileManager.default.fileExists(atPath: node.sub("shim.sock")))
         let again = try ctr(["run", "--rm"] + kangaroo + [image, "k-again", "echo", "again"])
         #expect(again.stdout == "again\n", "\(again.output)")

@@ -181,11 +181,23 @@ extension TestContainerd {
 
 /// `kangaroo node` processes serving the socket `socket`.
 public func nodeDaemons(socket: String) -> [Int32] {
+    let all = nodeProcesses(socket: socket)
+    // Supervised: the daemon is the supervisor's worker.
+    let workers = all.filter { $0.command.contains("--worker-fds") }
+    return (workers.isEmpty ? all : workers).map(\.pid)
+}
+
+/// The supervisors of the node daemons serving `socket`.
+public func nodeSupervisors(socket: String) -> [Int32] {
+    nodeProcesses(socket: socket).filter { !$0.command.contains("--worker-fds") && $0.command.contains("--shim-socket") }.map(\.pid)
+}
+
+func nodeProcesses(socket: String) -> [(pid: Int32, command: String)] {
     let pids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap { Int32($0) } ?? []
-    return pids.filter { pid in
-        guard let d = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+    return pids.compactMap { pid in
+        guard let d = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return nil }
         let cmd = String(decoding: d, as: UTF8.self)
-        return cmd.contains("node\u{0}") && cmd.contains(socket)
+        return cmd.contains("node\u{0}") && cmd.contains(socket) ? (pid, cmd) : nil
     }
 }
 
@@ -216,7 +228,9 @@ public func criConfig(node: TempDir, snapshotter: String) -> String {
 /// daemons still there after 5 s, every mount below `node` detached.
 public func tearDownNode(_ node: TempDir, containerd: TestContainerd, sockets: [String]? = nil) {
     let paths = sockets ?? [node.sub("shim.sock")]
-    func daemons() -> [Int32] { paths.flatMap { nodeDaemons(socket: $0) } }
+    func daemons() -> [Int32] { paths.flatMap { nodeDaemons(socket: $0) + nodeSupervisors(socket: $0) } }
+    // Supervisors first: a daemon whose supervisor still runs is restarted.
+    for pid in paths.flatMap({ nodeSupervisors(socket: $0) }) { kill(pid, SIGTERM) }
     for pid in daemons() { kill(pid, SIGTERM) }
     containerd.stop()
     for _ in 0..<50 where !daemons().isEmpty { usleep(100_000) }

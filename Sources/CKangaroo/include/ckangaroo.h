@@ -150,6 +150,11 @@ int kr_pidfd_getfd(int pidfd, int fd);
 // Sends / receives one file descriptor over a unix socket (SCM_RIGHTS).
 int kr_send_fd(int sock, int fd);
 int kr_recv_fd(int sock);
+// A message of up to `len` bytes with an optional descriptor (fd < 0: none)
+// over a SOCK_SEQPACKET socket. Receive returns the length (0 at EOF) and
+// sets *fd (-1 when none came, close-on-exec); -errno on failure.
+int kr_send_message(int sock, const void *buf, size_t len, int fd);
+int kr_recv_message(int sock, void *buf, size_t len, int *fd);
 
 // Reaping: the pid of some exited child, left a zombie (waitid WNOWAIT,
 // blocking); 0 with no children; -errno. And the status of `pid` if it has
