@@ -109,7 +109,7 @@ pss() {  # pids... -> total PSS in KiB
 shim_pids() {
     case $1 in
         runc) pgrep -f "containerd-shim-runc-v2 -namespace default -id" -d ' ' || true ;;
-        kangaroo|lazy) { pgrep -f "kangaroo node --shim-socket $W/shim.sock"; pgrep -f "image mount .* $W/noderoot" ; } | tr '\n' ' ' || true ;;
+        kangaroo|lazy) { pgrep -f "kangaroo node( run)? .*--shim-socket $W/shim.sock"; pgrep -f "image mount .* $W/noderoot" ; } | tr '\n' ' ' || true ;;
     esac
 }
 mem_row() {  # runtime count
