@@ -24,6 +24,10 @@ public actor TaskService: TTRPCService {
     let events: EventPublisher?
     let reaper: Reaper
     private var tasks: [Key: TaskRecord] = [:]
+    /// Inits whose Start is being answered, and exits held back until the
+    /// start event is out.
+    private var startsInProgress: Set<Key> = []
+    private var deferredExits: [Key: Int32] = [:]
 
     struct Key: Hashable, Sendable {
         var namespace: String
@@ -205,16 +209,30 @@ public actor TaskService: TTRPCService {
                     if case .stopped = current?.state { continue }
                     if let status = statuses[pid] {
                         exited(key, exec: exec, status: status)
-                    } else if Glibc.kill(pid, 0) == 0 {
-                        watch(key, exec: exec, pid: pid)
-                    } else {
-                        exited(key, exec: exec, status: 255 << 8)
+                        continue
+                    }
+                    // Alive, or reaped by the supervisor after the handover
+                    // (its status is on the way): watched either way; gone
+                    // with no status after 5 s, it is reported as 255.
+                    watch(key, exec: exec, pid: pid)
+                    Task {
+                        try? await Task.sleep(for: .seconds(5))
+                        self.exitedUnseen(key, exec: exec, pid: pid)
                     }
                 }
             }
         }
         if count > 0 { logger.info("took over the tasks of the previous daemon", metadata: ["tasks": "\(count)"]) }
         return count
+    }
+
+    /// A taken-over process that is gone without its status reaching us.
+    func exitedUnseen(_ key: Key, exec: String?, pid: Int32) {
+        guard let p = process(key, exec), p.pid == pid else { return }
+        if case .stopped = p.state { return }
+        guard Glibc.kill(pid, 0) != 0 else { return }
+        logger.warning("a process of a taken-over task is gone without an exit status", metadata: ["container": "\(key.id)", "pid": "\(pid)"])
+        exited(key, exec: exec, status: 255 << 8)
     }
 
     /// One task as `kangaroo node status` shows it.
@@ -348,6 +366,12 @@ public actor TaskService: TTRPCService {
     }
 
     func exited(_ key: Key, exec: String?, status: Int32) {
+        // An init that exits while its Start is being answered: its exit
+        // event follows the start event.
+        if exec == nil && startsInProgress.contains(key) {
+            deferredExits[key] = status
+            return
+        }
         guard var t = tasks[key] else { return }
         let code = UInt32(bitPattern: Runtime.exitCode(status))
         let at = Date()
@@ -378,6 +402,11 @@ public actor TaskService: TTRPCService {
         var response = Containerd_Task_V2_StartResponse()
         if r.execID.isEmpty {
             guard t.initProcess.state == .created else { throw ShimError(.failedPrecondition, "task \(id) is already started") }
+            startsInProgress.insert(key)
+            defer {
+                startsInProgress.remove(key)
+                if let status = deferredExits.removeValue(forKey: key) { exited(key, exec: nil, status: status) }
+            }
             do { try await blocking { try runtime.start(id: id) } } catch {
                 throw ShimError(.failedPrecondition, "Start \(id): \(error)", underlying: error)
             }

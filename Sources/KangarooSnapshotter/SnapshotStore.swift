@@ -33,6 +33,8 @@ public actor SnapshotStore {
     let mounter: any ImageMounter
     private var snapshots: [String: Snapshot]
     private var nextID: UInt64
+    /// Prepares not yet answered (a repeat of one of them is a duplicate).
+    private var preparing: Set<String> = []
     /// Image mounts in progress, so concurrent Prepares share one.
     private var mounting: [String: Task<Void, any Error>] = [:]
     private let overlayIndexOff: Bool
@@ -102,14 +104,17 @@ public actor SnapshotStore {
             try createRemoteLayer(key: key, parent: parent, labels: labels, role: role)
         }
         if let existing = snapshots[key] {
-            // The same request again (same parent, kind and labels): under
-            // bursts of CRI CreateContainer the same backend key was seen
-            // twice within a second, which containerd's metadata store never
-            // issues for two different snapshots (its keys carry a fresh
-            // sequence number), so it is the one request delivered again;
-            // it gets the snapshot's mounts. Anything else is a conflict.
-            if existing.kind == (readonly ? .view : .active), existing.parent == (parent.isEmpty ? nil : parent),
-               existing.labels == labels {
+            // The same request again (same parent, kind and labels) while
+            // the first is still being answered (its lazy mount under way):
+            // under bursts of CRI CreateContainer the same backend key was
+            // seen twice within a second, which containerd's metadata store
+            // never issues for two different snapshots (its keys carry a
+            // fresh sequence number), so it is the one request delivered
+            // again; it gets the snapshot's mounts. Once a Prepare has been
+            // answered, a second one is AlreadyExists, as containerd's
+            // snapshotter test suite requires.
+            if preparing.contains(key), existing.kind == (readonly ? .view : .active),
+               existing.parent == (parent.isEmpty ? nil : parent), existing.labels == labels {
                 logger.notice("repeated Prepare answered with the existing snapshot", metadata: ["key": "\(key)"])
                 return try await mounts(of: existing)
             }
@@ -141,6 +146,8 @@ public actor SnapshotStore {
             FileSystem.removeTree(dir)
             throw error
         }
+        preparing.insert(key)
+        defer { preparing.remove(key) }
         do {
             return try await mounts(of: snapshot)
         } catch {
@@ -171,7 +178,9 @@ public actor SnapshotStore {
         s.name = name
         s.kind = .committed
         s.usage = usage
-        s.updated = Date()
+        // A new snapshot, as containerd's storage makes it on commit.
+        s.created = Date()
+        s.updated = s.created
         for (k, v) in labels { s.labels[k] = v }
         snapshots[key] = nil
         snapshots[name] = s

@@ -117,6 +117,17 @@ enum Harness {
         (procText("/proc/self/mountinfo") ?? "").split(separator: "\n").count
     }
 
+    /// Mounts at or below the given directories (other suites, running at
+    /// the same time, mount and unmount elsewhere).
+    static func mountCount(below dirs: [String]) -> Int {
+        (procText("/proc/self/mountinfo") ?? "").split(separator: "\n").filter { line in
+            let f = line.split(separator: " ")
+            guard f.count > 4 else { return false }
+            let point = String(f[4])
+            return dirs.contains { point == $0 || point.hasPrefix($0 + "/") }
+        }.count
+    }
+
     static func cgroupExists(_ path: String) -> Bool {
         ["memory", "pids", "cpu", "freezer", "unified"].contains { FileManager.default.fileExists(atPath: "/sys/fs/cgroup/\($0)\(path)") }
     }

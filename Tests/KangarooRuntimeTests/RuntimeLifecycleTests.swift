@@ -100,13 +100,12 @@ struct RuntimeLifecycleTests {
             c.set(path, value)
         }
         defer { try? FileManager.default.removeItem(atPath: bundle); try? FileManager.default.removeItem(atPath: root) }
-        let mounts = Harness.mountCount()
         let r = try Harness.kr(root, ["create", "--bundle", bundle, "bad"])
         #expect(r.code == 1)
         #expect(r.err.contains("config.json: \(field)"), "\(r.err)")
         #expect(!FileManager.default.fileExists(atPath: root + "/bad"))
         #expect(!Harness.cgroupExists("/kangaroo-test-bad"))
-        #expect(Harness.mountCount() == mounts)
+        #expect(Harness.mountCount(below: [bundle, root]) == 0)
     }
 
     @Test func failingSetupCleansUp() throws {
