@@ -48,6 +48,9 @@ struct NodeRun: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("containerd's ttrpc address for task events (default: $TTRPC_ADDRESS).", valueName: "address"))
     var events: String? = env["TTRPC_ADDRESS"]
 
+    @Option(name: .long, help: ArgumentHelp("When a Kangaroo image is mounted lazily: pull (kept while the image is there) or first-use (at its first container, gone with the last).", valueName: "when"))
+    var lazyMount: String = env["KANGAROO_LAZY_MOUNT"] ?? "pull"
+
     @Option(name: .long, help: ArgumentHelp("Serve Prometheus metrics on HOST:PORT (GET /metrics; an IPv4 address, e.g. 127.0.0.1:9465).", valueName: "host:port"))
     var metrics: String? = env["KANGAROO_NODE_METRICS"]
 
@@ -71,11 +74,14 @@ struct NodeRun: AsyncParsableCommand {
             throw CLIError("node: --shim-socket none and --snapshotter-socket none: nothing to serve")
         }
         let metricsAddress = try metrics.map { try parseHostPort($0, option: "--metrics") }
+        guard let mountPolicy = SnapshotStore.MountPolicy(rawValue: lazyMount) else {
+            throw CLIError("node: --lazy-mount '\(lazyMount)' is not one of pull, first-use")
+        }
         if shimSocket != "none" && supervise && workerFds == nil {
             try FileSystem.makeDirectories((shimSocket as NSString).deletingLastPathComponent, mode: 0o711)
             let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
             var args = ["--state", state, "--root", root, "--shim-socket", shimSocket, "--snapshotter-socket", snapshotterSocket,
-                        "--log-level", logLevel]
+                        "--log-level", logLevel, "--lazy-mount", lazyMount]
             if let events { args += ["--events", events] }
             if let metrics { args += ["--metrics", metrics] }
             let supervisor = NodeSupervisor(executable: exe, arguments: args, socket: shimSocket, readyFD: readyFD, logger: logger)
@@ -108,7 +114,7 @@ struct NodeRun: AsyncParsableCommand {
         reaper.start(becomeSubreaper: true)
         let publisher = events.map { EventPublisher(address: $0, logger: logger) }
         let tasks = TaskService(stateRoot: state, events: publisher, reaper: reaper, logger: logger)
-        let snapshots = try await startSnapshotter(reaper: reaper, logger: logger)
+        let snapshots = try await startSnapshotter(reaper: reaper, mountPolicy: mountPolicy, logger: logger)
         let status = NodeStatusService(tasks: tasks, keeper: snapshots?.keeper, root: root, socket: shimSocket)
         let server: TTRPCServer? = shimSocket == "none" ? nil : TTRPCServer(path: shimSocket, services: [tasks, status], logger: logger)
         if let link, let server {
@@ -192,12 +198,12 @@ struct SnapshotterServerService: Service {
 extension NodeRun {
     /// The snapshotter's store under ROOT/snapshotter, its lazy mounts made by
     /// this executable, served on the snapshotter socket.
-    func startSnapshotter(reaper: Reaper, logger: Logger) async throws -> (server: SnapshotServer, task: Task<Void, any Error>, keeper: FUSEKeeper)? {
+    func startSnapshotter(reaper: Reaper, mountPolicy: SnapshotStore.MountPolicy, logger: Logger) async throws -> (server: SnapshotServer, task: Task<Void, any Error>, keeper: FUSEKeeper)? {
         guard snapshotterSocket != "none" else { return nil }
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         let mounter = ProcessImageMounter(executable: exe, store: root + "/store", cache: root + "/cache", reaper: reaper, logger: logger)
         let store: SnapshotStore
-        do { store = try SnapshotStore(root: root + "/snapshotter", mounter: mounter, logger: logger) } catch {
+        do { store = try SnapshotStore(root: root + "/snapshotter", mounter: mounter, mountPolicy: mountPolicy, logger: logger) } catch {
             throw CLIError("node: \(error)")
         }
         // A restarted daemon holds the connections of the lazy mounts its

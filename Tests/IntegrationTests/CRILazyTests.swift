@@ -51,12 +51,32 @@ final class CRILazyTests {
         for _ in 0..<50 where lazyMounts() > 0 { usleep(100_000) }
     }
 
+    /// Removes the Kangaroo image (and runs the GC): its lazy mount goes
+    /// with its layers.
+    func removeImage() {
+        // CRI names it by tag, by digest and by config digest (its id).
+        let config = configDigest
+        let names = ((try? run("/usr/bin/ctr", containerd.ctr + ["-n", "k8s.io", "images", "ls", "-q"]).stdout) ?? "")
+            .split(separator: "\n").map(String.init)
+            .filter { name in name.contains("/lazy/sample") || name == config }
+        if !names.isEmpty { _ = try? run("/usr/bin/ctr", containerd.ctr + ["-n", "k8s.io", "images", "rm", "--sync"] + names) }
+        for _ in 0..<50 where lazyMounts() > 0 { usleep(100_000) }
+    }
+
+    /// The Kangaroo image's config digest, from the registry.
+    var configDigest: String? {
+        guard let text = try? run("curl", ["-sf", "-H", "Accept: application/vnd.oci.image.manifest.v1+json",
+                                          "http://\(registry.host)/v2/lazy/sample/manifests/kangaroo"]).stdout,
+              let m = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else { return nil }
+        return (m["config"] as? [String: Any])?["digest"] as? String
+    }
+
     func lazyMounts() -> Int {
         (procText("/proc/self/mountinfo") ?? "").split(separator: "\n")
             .filter { $0.contains(" " + node.sub("root/snapshotter/images") + "/") }.count
     }
 
-    @Test("PullImage fetches manifest and config only; pods under kangaroo and runc observe the same on the lazy mount")
+    @Test("PullImage fetches manifest, config and bootstrap only and mounts the image; pods under kangaroo and runc observe the same on the lazy mount; it goes with the image")
     func pullIsLazyAndPodsRun() throws {
         let manifestJSON = try run("curl", ["-sf", "-H", "Accept: application/vnd.oci.image.manifest.v1+json",
                                             "http://\(registry.host)/v2/lazy/sample/manifests/kangaroo"], check: true).stdout
@@ -65,10 +85,16 @@ final class CRILazyTests {
         let before = registry.requests(matching: "/blobs/").count
         let pulled = try run("python3", [script, containerd.socket, "--pull", reference])
         #expect(pulled.status == 0, "\(pulled.output)\n\(containerd.log.suffix(2000))\n\(nodeLog)")
-        let duringPull = Array(registry.requests(matching: "/blobs/").dropFirst(before))
-        #expect(duringPull.count == 1, "only the config: \(duringPull)")
-        #expect(duringPull.allSatisfy { request in !layers.contains { request.contains($0) } }, "\(duringPull)")
-        #expect(lazyMounts() == 0)
+        // The image is mounted at the pull, in the background: the config
+        // and the bootstrap come from the registry, no chunk.
+        for _ in 0..<100 where lazyMounts() == 0 { usleep(50_000) }
+        #expect(lazyMounts() == 1, "\(nodeLog)")
+        let duringPull = Array(registry.requests(matching: "/blobs/").dropFirst(before)).filter { $0.hasPrefix("GET") }
+        let config = try #require((manifest["config"] as? [String: Any])?["digest"] as? String)
+        #expect(duringPull.filter { request in !request.contains(layers[0]) }.allSatisfy { $0.contains(config) },
+                "the config (containerd's and the mount's): \(duringPull)")
+        #expect(duringPull.filter { $0.contains(layers[0]) }.count == 1, "the bootstrap: \(duringPull)")
+        #expect(duringPull.allSatisfy { request in !layers.dropFirst().contains { request.contains($0) } }, "no chunk: \(duringPull)")
 
         var k = json(try run("python3", [script, containerd.socket, "kangaroo", reference, "lazy-k", "--log-dir", node.sub("logs/k")]))
         var r = json(try run("python3", [script, containerd.socket, "runc", reference, "lazy-r", "--log-dir", node.sub("logs/r")]))
@@ -81,9 +107,11 @@ final class CRILazyTests {
         #expect(canonical(k) == canonical(r), "kangaroo \(canonical(k))\nrunc \(canonical(r))")
         #expect((k["exec"] as? [String: Any])?["exit_code"] as? Int == 3)
         #expect(registry.requests(matching: layers[0]).filter { $0.hasPrefix("GET") }.count == 1, "one bootstrap download")
-        // Every container removed: the image's lazy mount goes with the last
-        // snapshot, which containerd removes from its snapshotter at GC.
+        // Every container removed and collected: the mount stays with the
+        // image, and goes with it.
         collectGarbage()
+        #expect(lazyMounts() == 1, "\(nodeLog)")
+        removeImage()
         #expect(lazyMounts() == 0, "\(nodeLog)")
     }
 
@@ -144,7 +172,8 @@ final class CRILazyTests {
         let pods = try run("/usr/bin/ctr", containerd.ctr + ["-n", "k8s.io", "task", "ls", "-q"]).stdout
         #expect(pods.isEmpty, "\(pods)")
         collectGarbage()
-        #expect(lazyMounts() == 0, "the image mount goes once containerd's GC removed the last container snapshot")
+        removeImage()
+        #expect(lazyMounts() == 0, "the image mount goes with the image")
         // RSS: flat means at most 25 % (and 8 MiB) above the warmed-up value.
         #expect(after.rssKiB <= before.rssKiB + max(8192, before.rssKiB / 4), "daemon RSS \(before.rssKiB) KiB -> \(after.rssKiB) KiB")
         print("leak check: daemon RSS \(before.rssKiB) -> \(after.rssKiB) KiB, fds \(before.fds) -> \(after.fds), descendants \(before.descendants) -> \(after.descendants)")
