@@ -66,26 +66,6 @@ int kr_wexitstatus(int s) { return WEXITSTATUS(s); }
 int kr_wifsignaled(int s) { return WIFSIGNALED(s); }
 int kr_wtermsig(int s) { return WTERMSIG(s); }
 
-int kr_send_fd(int sock, int fd) {
-    char byte = 0;
-    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
-    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } u;
-    memset(&u, 0, sizeof(u));
-    struct msghdr msg = {0};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = u.buf;
-    msg.msg_controllen = sizeof(u.buf);
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof(int));
-    ssize_t n;
-    do { n = sendmsg(sock, &msg, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
-    return n < 0 ? -errno : 0;
-}
-
 int kr_send_message(int sock, const void *buf, size_t len, int fd) {
     struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
     union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } u;
@@ -141,23 +121,18 @@ int kr_pidfd_getfd(int pidfd, int fd) {
     return copy < 0 ? -errno : (int)copy;
 }
 
+int kr_send_fd(int sock, int fd) {
+    char byte = 0;
+    int n = kr_send_message(sock, &byte, 1, fd);
+    return n < 0 ? n : 0;
+}
+
 int kr_recv_fd(int sock) {
     char byte;
-    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
-    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } u;
-    struct msghdr msg = {0};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = u.buf;
-    msg.msg_controllen = sizeof(u.buf);
-    ssize_t n;
-    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
-    if (n < 0) return -errno;
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    if (!c || c->cmsg_type != SCM_RIGHTS) return -EBADMSG;
     int fd;
-    memcpy(&fd, CMSG_DATA(c), sizeof(int));
-    return fd;
+    int n = kr_recv_message(sock, &byte, 1, &fd);
+    if (n < 0) return n;
+    return fd < 0 ? -EBADMSG : fd;
 }
 
 // ---------------------------------------------------------------- child helpers
