@@ -127,24 +127,27 @@ public final class TTRPCServer: Sendable {
                 n += 1
                 let id = "\(supervision.generation)-\(n)"
                 supervision.accepted(fd, id)
-                let done = DispatchSemaphore(value: 0)
-                Task {
-                    do { _ = try await adopt(fd, id: id, supervision: supervision, group: group) } catch {
-                        logger.error("ttrpc: cannot serve a connection", metadata: ["error": "\(error)"])
-                        Glibc.close(fd)
-                    }
-                    done.signal()
+                // Registered on an event loop, not through the cooperative
+                // pool (busy actors must not hold new connections back).
+                adoptFuture(fd, id: id, supervision: supervision, group: group).whenFailure { [logger] error in
+                    logger.error("ttrpc: cannot serve a connection", metadata: ["error": "\(error)"])
+                    Glibc.close(fd)
+                    // The supervisor's copy must not keep containerd waiting.
+                    supervision.closed(id)
                 }
-                done.wait()
             }
         }
     }
 
     /// Serves the connected socket `fd` (NIO takes it).
     func adopt(_ fd: Int32, id: String, supervision: Supervision, group: any EventLoopGroup) async throws -> any Channel {
+        try await adoptFuture(fd, id: id, supervision: supervision, group: group).get()
+    }
+
+    func adoptFuture(_ fd: Int32, id: String, supervision: Supervision, group: any EventLoopGroup) -> EventLoopFuture<any Channel> {
         let services = self.services, logger = self.logger
         let journal = TTRPCJournal(directory: supervision.journal, connection: id, closed: supervision.closed)
-        return try await ClientBootstrap(group: group)
+        return ClientBootstrap(group: group)
             .channelInitializer { child in
                 child.eventLoop.makeCompletedFuture {
                     try child.pipeline.syncOperations.addHandler(ByteToMessageHandler(TTRPCFrameDecoder()))
@@ -152,7 +155,7 @@ public final class TTRPCServer: Sendable {
                     try child.pipeline.syncOperations.addHandler(TTRPCServerHandler(services: services, logger: logger, journal: journal))
                 }
             }
-            .withConnectedSocket(fd).get()
+            .withConnectedSocket(fd)
     }
 
     /// Answers the requests of connection `id` a previous server had read.

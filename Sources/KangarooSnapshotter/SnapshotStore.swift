@@ -35,6 +35,8 @@ public actor SnapshotStore {
     private var nextID: UInt64
     /// Prepares not yet answered (a repeat of one of them is a duplicate).
     private var preparing: Set<String> = []
+    /// Mounts made (or tried) per image, to tell a check that raced one.
+    private var mountsMade: [String: Int] = [:]
     /// Image mounts in progress, so concurrent Prepares share one.
     private var mounting: [String: Task<Void, any Error>] = [:]
     private let overlayIndexOff: Bool
@@ -388,18 +390,28 @@ public actor SnapshotStore {
     }
 
     private func ensureMounted(_ remote: RemoteLayer, at mountPoint: String) async throws {
-        if mounter.isMounted(mountPoint) { return }
-        if let pending = mounting[remote.image] {
-            try await pending.value
-            return
-        }
         let mounter = self.mounter
+        while true {
+            if let pending = mounting[remote.image] {
+                try await pending.value
+                return
+            }
+            // The check asks the FUSE server (statfs): off this actor, which
+            // must not wait on a busy server. A mount that came and went
+            // meanwhile means: look again.
+            let generation = mountsMade[remote.image, default: 0]
+            if await Task.detached(operation: { mounter.isMounted(mountPoint) }).value { return }
+            if mounting[remote.image] == nil && mountsMade[remote.image, default: 0] == generation { break }
+        }
         let task = Task {
             try FileSystem.makeDirectories(mountPoint, mode: 0o755)
             try await mounter.mount(reference: remote.reference, image: remote.image, at: mountPoint)
         }
         mounting[remote.image] = task
-        defer { mounting[remote.image] = nil }
+        defer {
+            mounting[remote.image] = nil
+            mountsMade[remote.image, default: 0] += 1
+        }
         do {
             try await task.value
         } catch {
@@ -416,12 +428,20 @@ public actor SnapshotStore {
     }
 
     private func unmountIfUnused(_ image: String) async {
-        let inUse = snapshots.values.contains {
-            ($0.kind != .committed && self.image(under: $0) == image)
-                || (mountPolicy == .atPull && $0.remote?.role == .bootstrap && $0.remote?.image == image)
+        func inUse() -> Bool {
+            snapshots.values.contains {
+                ($0.kind != .committed && self.image(under: $0) == image)
+                    || (mountPolicy == .atPull && $0.remote?.role == .bootstrap && $0.remote?.image == image)
+            }
+        }
+        guard !inUse() else { return }
+        // A mount under way (made at the pull, say) finishes first.
+        if let pending = mounting[image] {
+            _ = try? await pending.value
+            guard !inUse() else { return }
         }
         let mountPoint = imageMountPoint(image)
-        guard !inUse, mounting[image] == nil, FileSystem.exists(mountPoint) else { return }
+        guard FileSystem.exists(mountPoint) else { return }
         do {
             if mounter.isMounted(mountPoint) {
                 try await mounter.unmount(mountPoint)

@@ -34,6 +34,7 @@ def main():
 
     def one(i):
         t0 = time.monotonic()
+        step = "RunPodSandbox"
         try:
             cfg = cri.PodSandboxConfig(
                 metadata=cri.PodSandboxMetadata(name="%s-%d" % (tag, i), uid="%s-%d-uid" % (tag, i), namespace="bench", attempt=0),
@@ -43,19 +44,22 @@ def main():
             pod = rt.RunPodSandbox(cri.RunPodSandboxRequest(config=cfg, runtime_handler=handler), timeout=300).pod_sandbox_id
             pods[i] = pod
             t1 = time.monotonic()
+            step = "CreateContainer"
             ccfg = cri.ContainerConfig(metadata=cri.ContainerMetadata(name="c", attempt=0), image=cri.ImageSpec(image=image),
                                        command=["/bin/sleep", "3600"], log_path="c.log")
             cid = rt.CreateContainer(cri.CreateContainerRequest(pod_sandbox_id=pod, config=ccfg, sandbox_config=cfg), timeout=300).container_id
             t2 = time.monotonic()
+            step = "StartContainer %s" % cid
             rt.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=300)
             t3 = time.monotonic()
             phases[i] = (t1 - t0, t2 - t1, t3 - t2)
+            step = "ContainerStatus %s" % cid
             st = rt.ContainerStatus(cri.ContainerStatusRequest(container_id=cid), timeout=60).status
             if st.state != cri.CONTAINER_RUNNING:
                 raise RuntimeError("container %s is %s" % (cid, cri.ContainerState.Name(st.state)))
             latencies[i] = time.monotonic() - t0
         except Exception as e:  # reported, the other pods go on
-            errors.append("pod %d: %s" % (i, e))
+            errors.append("pod %d (pod sandbox %s), %s: %s" % (i, pods[i], step, e))
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
     t0 = time.monotonic()
