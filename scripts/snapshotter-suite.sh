@@ -34,7 +34,9 @@ END {
     for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (names[j] < names[i]) { x = names[i]; names[i] = names[j]; names[j] = x }
     for (i = 1; i <= n; i++) { t = names[i]; printf "%-36s %-10s %-10s\n", t, r[t, "o"], r[t, "k"] }
 }' "$W/out.txt" | sed 's/--- //g; s/://g'
+# The suite's assertion messages of kangaroo's failures (output of the
+# parallel subtests is labelled by their "=== CONT" lines).
 if grep -q "^--- FAIL: TestKangaroo" "$W/out.txt"; then
     echo "kangaroo failures:" >&2
-    grep -B2 -A12 -- "--- FAIL: TestKangaroo/" "$W/out.txt" | head -80 >&2
+    awk '/^=== (RUN|CONT|PAUSE) / {t = $3} /^ +testsuite[a-z_]*\.go:[0-9]+:/ && t ~ /^TestKangaroo/ {print t ": " $0}' "$W/out.txt" | head -40 >&2
 fi
