@@ -34,6 +34,10 @@ struct NodeStatus: Codable, Sendable {
     }
 
     var pid: Int32
+    /// The supervisor keeping the daemon's connections (nil: unsupervised).
+    var supervisorPID: Int32?
+    /// Daemons the supervisor started before this one (crashes survived).
+    var restarts: Int
     var uptimeSeconds: Double
     var shimSocket: String
     var root: String
@@ -56,12 +60,16 @@ final class NodeStatusService: TTRPCService, Sendable {
     let socket: String
     let started = Date()
     let metricsAddress = Mutex<String?>(nil)
+    let supervisorPID: Int32?
+    let restarts: Int
 
-    init(tasks: TaskService, keeper: FUSEKeeper?, root: String, socket: String) {
+    init(tasks: TaskService, keeper: FUSEKeeper?, root: String, socket: String, supervisorPID: Int32?, generation: Int) {
         self.tasks = tasks
         self.keeper = keeper
         self.root = root
         self.socket = socket
+        self.supervisorPID = supervisorPID
+        self.restarts = max(0, generation - 1)
     }
 
     func handle(method: String, payload: [UInt8], context: TTRPCRequestContext) async throws -> [UInt8] {
@@ -94,7 +102,7 @@ final class NodeStatusService: TTRPCService, Sendable {
         let running = list.filter { $0.state == "running" || $0.state == "paused" }.count
         let memory = NodeStatus.Memory(daemonRSSKiB: own?.rss ?? 0, daemonPSSKiB: own?.pss ?? 0, mountServersPSSKiB: servers,
                                        pssPerTaskKiB: running > 0 ? ((own?.pss ?? 0) + servers) / running : nil)
-        return NodeStatus(pid: getpid(), uptimeSeconds: Date().timeIntervalSince(started), shimSocket: socket, root: root,
+        return NodeStatus(pid: getpid(), supervisorPID: supervisorPID, restarts: restarts, uptimeSeconds: Date().timeIntervalSince(started), shimSocket: socket, root: root,
                           metrics: metricsAddress.withLock { $0 }, tasks: list, sandboxes: pods.values.sorted { $0.id < $1.id }, mounts: mounts, memory: memory)
     }
 
@@ -135,6 +143,7 @@ final class NodeStatusService: TTRPCService, Sendable {
                [("process=\"daemon\"", "\(s.memory.daemonPSSKiB * 1024)"), ("process=\"mount-servers\"", "\(s.memory.mountServersPSSKiB * 1024)")])
         metric("memory_rss_bytes", "gauge", "Resident set size of the daemon.", [("", "\(s.memory.daemonRSSKiB * 1024)")])
         metric("uptime_seconds", "gauge", "Seconds since the daemon started.", [("", String(format: "%.1f", s.uptimeSeconds))])
+        metric("restarts_total", "counter", "Daemons the supervisor started after one died.", [("", "\(s.restarts)")])
         return out
     }
 }
@@ -172,7 +181,8 @@ struct NodeStatusCommand: AsyncParsableCommand {
             fail(CLIError("node status: the daemon's answer is not a status: \(error)"))
         }
         func pad(_ text: String, _ width: Int) -> String { text.padding(toLength: max(width, text.count + 1), withPad: " ", startingAt: 0) }
-        print("node daemon pid \(s.pid), up \(Int(s.uptimeSeconds)) s, socket \(s.shimSocket), root \(s.root)"
+        print("node daemon pid \(s.pid)" + (s.supervisorPID.map { " (supervisor \($0), \(s.restarts) restarts)" } ?? " (unsupervised)")
+              + ", up \(Int(s.uptimeSeconds)) s, socket \(s.shimSocket), root \(s.root)"
               + (s.metrics.map { ", metrics http://\($0)/metrics" } ?? ""))
         print("\nTASKS (\(s.tasks.count))")
         if !s.tasks.isEmpty {

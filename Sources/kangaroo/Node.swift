@@ -115,7 +115,8 @@ struct NodeRun: AsyncParsableCommand {
         let publisher = events.map { EventPublisher(address: $0, logger: logger) }
         let tasks = TaskService(stateRoot: state, events: publisher, reaper: reaper, logger: logger)
         let snapshots = try await startSnapshotter(reaper: reaper, mountPolicy: mountPolicy, logger: logger)
-        let status = NodeStatusService(tasks: tasks, keeper: snapshots?.keeper, root: root, socket: shimSocket)
+        let status = NodeStatusService(tasks: tasks, keeper: snapshots?.keeper, root: root, socket: shimSocket,
+                                       supervisorPID: link == nil ? nil : getppid(), generation: workerGeneration)
         let server: TTRPCServer? = shimSocket == "none" ? nil : TTRPCServer(path: shimSocket, services: [tasks, status], logger: logger)
         if let link, let server {
             // Tasks of the daemon before this one first, then its

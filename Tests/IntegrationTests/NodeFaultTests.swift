@@ -113,6 +113,10 @@ final class NodeFaultTests {
             usleep(50_000)
         }
         #expect(new.count == 1, "the supervisor started a new daemon\n\(nodeLog)")
+        let statusJSON = try run(TestEnv.kangaroo, ["node", "status", "--json", "--shim-socket", node.sub("shim.sock")]).stdout
+        let info = try JSONSerialization.jsonObject(with: Data(statusJSON.utf8)) as? [String: Any]
+        #expect(info?["restarts"] as? Int == 1 && (info?["supervisorPID"] as? Int).map(Int32.init) == nodeSupervisors(socket: node.sub("shim.sock")).first,
+                "\(statusJSON)")
         waiting.waitUntilExit()
         let waited = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(waiting.terminationStatus == 3 && waited.contains("waited"), "\(waiting.terminationStatus): \(waited)\n\(nodeLog)")
