@@ -1,6 +1,8 @@
 // Container init and small syscall wrappers. See include/ckangaroo.h.
 // Only async-signal-safe libc calls (plus snprintf on stack buffers) run in
-// the cloned child: the parent is single-threaded when it clones.
+// the cloned child, and no glibc call that takes a process-wide lock (set*id,
+// fork, strerror): the parent (the node daemon) is multi-threaded when it
+// clones, and a raw clone runs none of glibc's fork handlers.
 #define _GNU_SOURCE
 #include "ckangaroo.h"
 
@@ -139,6 +141,21 @@ int kr_recv_fd(int sock) {
 
 static int g_sync = -1;
 
+// The child of a raw clone(2) of a multi-threaded parent inherits glibc's
+// internal locks in whatever state the parent's other threads held them:
+// glibc's setgroups/setres[ug]id broadcast the change to every thread of
+// the process and take the thread-list lock for that (a thread being
+// created or exiting in the parent at clone time holds it: the child then
+// hangs), and strerror may translate through locale locks. The child is
+// one thread: raw syscalls do, and messages are untranslated.
+static int raw_setgroups(size_t n, const gid_t *gids) { return (int)syscall(SYS_setgroups, n, gids); }
+static int raw_setresgid(gid_t g) { return (int)syscall(SYS_setresgid, g, g, g); }
+static int raw_setresuid(uid_t u) { return (int)syscall(SYS_setresuid, u, u, u); }
+static const char *error_text(int e) {
+    const char *d = strerrordesc_np(e);
+    return d ? d : "unknown error";
+}
+
 static void write_all(int fd, const char *buf, size_t len) {
     while (len > 0) {
         ssize_t n = write(fd, buf, len);
@@ -161,7 +178,7 @@ static void die(const char *fmt, ...) {
     size_t len = 1 + (size_t)n;
     if (len >= sizeof(buf)) len = sizeof(buf) - 1;
     if (saved != 0 && len < sizeof(buf) - 40) {
-        len += (size_t)snprintf(buf + len, sizeof(buf) - len, ": %s", strerror(saved));
+        len += (size_t)snprintf(buf + len, sizeof(buf) - len, ": %s", error_text(saved));
         if (len >= sizeof(buf)) len = sizeof(buf) - 1;
     }
     if (g_sync >= 0) {
@@ -552,15 +569,15 @@ static void set_credentials(const struct kr_init_config *c, int seccomp_early) {
         }
     }
     if (c->n_gids >= 0) {
-        if (setgroups((size_t)c->n_gids, c->additional_gids) < 0 && errno != EPERM)
+        if (raw_setgroups((size_t)c->n_gids, c->additional_gids) < 0 && errno != EPERM)
             die("setgroups");
     }
     if (seccomp_early && c->seccomp_len > 0) {
         struct sock_fprog prog = {.len = (unsigned short)c->seccomp_len, .filter = (struct sock_filter *)c->seccomp_filter};
         if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) < 0) die("load seccomp filter");
     }
-    if (setresgid(c->gid, c->gid, c->gid) < 0) die("setgid %u", c->gid);
-    if (setresuid(c->uid, c->uid, c->uid) < 0) die("setuid %u", c->uid);
+    if (raw_setresgid(c->gid) < 0) die("setgid %u", c->gid);
+    if (raw_setresuid(c->uid) < 0) die("setuid %u", c->uid);
     if (c->has_caps) {
         struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
         struct __user_cap_data_struct data[2];
@@ -666,8 +683,8 @@ static void child_main(const struct kr_init_config *c) {
         close(c->joins[i].fd);
     }
     if ((c->clone_flags & CLONE_NEWUSER) || c->bind_devices) {
-        if (setresgid(0, 0, 0) < 0) die("setgid 0 in user namespace");
-        if (setresuid(0, 0, 0) < 0) die("setuid 0 in user namespace");
+        if (raw_setresgid(0) < 0) die("setgid 0 in user namespace");
+        if (raw_setresuid(0) < 0) die("setuid 0 in user namespace");
     }
     if (c->unshare_cgroupns && unshare(CLONE_NEWCGROUP) < 0) die("unshare cgroup namespace");
     if (c->mode != KR_MODE_EXEC && setsid() < 0) die("setsid");
@@ -770,7 +787,10 @@ pid_t kr_spawn_init(const struct kr_init_config *cfg) {
 int kr_run_hook(const struct kr_hook *hook, const char *stdin_data) {
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0) return -errno;
-    pid_t pid = fork();
+    // A raw clone, not fork(): glibc's fork takes its malloc and stdio locks
+    // (fork handlers), which a container init cloned from a multi-threaded
+    // daemon may have inherited held. The child only dup2s and execs.
+    pid_t pid = (pid_t)syscall(SYS_clone, (unsigned long)SIGCHLD, NULL, NULL, NULL, NULL);
     if (pid < 0) { int e = errno; close(p[0]); close(p[1]); return -e; }
     if (pid == 0) {
         dup2(p[0], 0);
