@@ -162,7 +162,7 @@ public actor TaskService: TTRPCService {
         do {
             let data = try JSONEncoder().encode(value)
             try FileSystem.makeDirectories((path as NSString).deletingLastPathComponent, mode: 0o700)
-            try data.write(to: URL(fileURLWithPath: path), options: .atomic)
+            try FileSystem.replace(path, String(decoding: data, as: UTF8.self))
         } catch {
             logger.error("cannot record task state", metadata: ["container": "\(key.id)", "path": "\(path)", "error": "\(error)"])
         }
@@ -500,7 +500,8 @@ public actor TaskService: TTRPCService {
             result = await withCheckedContinuation { c in
                 p.waiters.append(c)
                 if r.execID.isEmpty { t.initProcess = p } else { t.execs[r.execID] = p }
-                put(key, t)
+                // Waiters are not recorded: nothing to write for a Wait.
+                tasks[key] = t
             }
         }
         var response = Containerd_Task_V2_WaitResponse()

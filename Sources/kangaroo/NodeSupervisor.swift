@@ -92,13 +92,7 @@ struct NodeSupervisor {
                 for id in ids { fds.append(pollfd(fd: connections[id]!, events: Self.pollRDHUP, revents: 0)) }
                 _ = poll(&fds, nfds_t(fds.count), 100)
                 if controlOpen && fds[0].revents != 0 {
-                    var buffer = [UInt8](repeating: 0, count: 256)
-                    var fd: Int32 = -1
-                    let n = buffer.withUnsafeMutableBytes { kr_recv_message(control, $0.baseAddress, $0.count, &fd) }
-                    if n <= 0 {
-                        controlOpen = false
-                    } else {
-                        let message = String(decoding: buffer[0..<Int(n)], as: UTF8.self)
+                    if let (message, fd) = receiveControlMessage(control) {
                         let parts = message.split(separator: " ")
                         switch parts.first {
                         case "K" where parts.count == 2 && fd >= 0: connections[String(parts[1])] = fd
@@ -114,6 +108,8 @@ struct NodeSupervisor {
                         default:
                             if fd >= 0 { close(fd) }
                         }
+                    } else {
+                        controlOpen = false
                     }
                 }
                 // Connections containerd closed: drop our copy.
@@ -207,10 +203,17 @@ final class SupervisorLink: Sendable {
     }
 
     private func receive() throws -> (String, Int32) {
-        var buffer = [UInt8](repeating: 0, count: 256)
-        var fd: Int32 = -1
-        let n = buffer.withUnsafeMutableBytes { kr_recv_message(socket, $0.baseAddress, $0.count, &fd) }
-        guard n > 0 else { throw CLIError("node: the supervisor's control socket closed") }
-        return (String(decoding: buffer[0..<Int(n)], as: UTF8.self), fd)
+        guard let m = receiveControlMessage(socket) else { throw CLIError("node: the supervisor's control socket closed") }
+        return m
     }
+}
+
+/// One control message and the descriptor it carried (-1: none); nil at
+/// EOF or on an error.
+func receiveControlMessage(_ socket: Int32) -> (String, Int32)? {
+    var buffer = [UInt8](repeating: 0, count: 256)
+    var fd: Int32 = -1
+    let n = buffer.withUnsafeMutableBytes { kr_recv_message(socket, $0.baseAddress, $0.count, &fd) }
+    guard n > 0 else { return nil }
+    return (String(decoding: buffer[0..<Int(n)], as: UTF8.self), fd)
 }
