@@ -46,8 +46,10 @@ extension TTRPCService {
 /// their `ShimError` (other errors: Internal).
 public final class TTRPCServer: Sendable {
     public let path: String
-    let services: [String: any TTRPCService]
-    let logger: Logger
+    let dispatcher: TTRPCDispatcher
+    var logger: Logger { dispatcher.logger }
+    /// Requests served, by method, with the time spent answering them.
+    public var requests: TTRPCRequestStats { dispatcher.stats }
     private let channel = Mutex<(any Channel)?>(nil)
 
     /// How a supervised server (see `serve(listening:...)`) tells its
@@ -73,23 +75,23 @@ public final class TTRPCServer: Sendable {
     }
     private let listening = Mutex<Int32>(-1)
 
-    public init(path: String, services: [any TTRPCService], logger: Logger) {
+    public init(path: String, services: [any TTRPCService], logger: Logger, requests: TTRPCRequestStats = TTRPCRequestStats()) {
         self.path = path
-        self.services = Dictionary(services.map { ($0.serviceName, $0) }, uniquingKeysWith: { a, _ in a })
-        self.logger = logger
+        dispatcher = TTRPCDispatcher(services: Dictionary(services.map { ($0.serviceName, $0) }, uniquingKeysWith: { a, _ in a }),
+                                     logger: logger, stats: requests)
     }
 
     /// Binds the socket (replacing a stale socket file of a dead server).
     public func start(group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws {
         if access(path, F_OK) == 0 { unlink(path) }
-        let services = self.services, logger = self.logger
+        let dispatcher = self.dispatcher
         let bound = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .childChannelInitializer { child in
                 child.eventLoop.makeCompletedFuture {
                     try child.pipeline.syncOperations.addHandler(ByteToMessageHandler(TTRPCFrameDecoder()))
                     try child.pipeline.syncOperations.addHandler(MessageToByteHandler(TTRPCFrameEncoder()))
-                    try child.pipeline.syncOperations.addHandler(TTRPCServerHandler(services: services, logger: logger, journal: nil))
+                    try child.pipeline.syncOperations.addHandler(TTRPCServerHandler(dispatcher: dispatcher, journal: nil))
                 }
             }
             .bind(unixDomainSocketPath: path).get()
@@ -145,14 +147,14 @@ public final class TTRPCServer: Sendable {
     }
 
     func adoptFuture(_ fd: Int32, id: String, supervision: Supervision, group: any EventLoopGroup) -> EventLoopFuture<any Channel> {
-        let services = self.services, logger = self.logger
+        let dispatcher = self.dispatcher
         let journal = TTRPCJournal(directory: supervision.journal, connection: id, closed: supervision.closed)
         return ClientBootstrap(group: group)
             .channelInitializer { child in
                 child.eventLoop.makeCompletedFuture {
                     try child.pipeline.syncOperations.addHandler(ByteToMessageHandler(TTRPCFrameDecoder()))
                     try child.pipeline.syncOperations.addHandler(MessageToByteHandler(TTRPCFrameEncoder()))
-                    try child.pipeline.syncOperations.addHandler(TTRPCServerHandler(services: services, logger: logger, journal: journal))
+                    try child.pipeline.syncOperations.addHandler(TTRPCServerHandler(dispatcher: dispatcher, journal: journal))
                 }
             }
             .withConnectedSocket(fd)
@@ -165,10 +167,10 @@ public final class TTRPCServer: Sendable {
             guard let stream = UInt32(name.dropFirst(prefix.count)),
                   let data = FileManager.default.contents(atPath: directory + "/" + name) else { continue }
             logger.info("ttrpc: answering a request the previous daemon had read", metadata: ["connection": "\(id)", "stream": "\(stream)"])
-            let services = self.services, logger = self.logger
+            let dispatcher = self.dispatcher
             let path = directory + "/" + name
             Task(executorPreference: TTRPCServerHandler.executor) {
-                let response = await TTRPCServerHandler.respond(to: [UInt8](data), services: services, logger: logger)
+                let response = await dispatcher.respond(to: [UInt8](data))
                 let bytes: [UInt8] = (try? response.serializedBytes()) ?? []
                 try? await channel.writeAndFlush(TTRPCFrame(streamID: stream, kind: .response, data: bytes))
                 unlink(path)
@@ -227,15 +229,13 @@ final class TTRPCServerHandler: ChannelInboundHandler, Sendable {
     typealias InboundIn = TTRPCFrame
     typealias OutboundOut = TTRPCFrame
 
-    let services: [String: any TTRPCService]
-    let logger: Logger
+    let dispatcher: TTRPCDispatcher
     let journal: TTRPCJournal?
 
     static let executor = DispatchTaskExecutor(label: "kangaroo.ttrpc")
 
-    init(services: [String: any TTRPCService], logger: Logger, journal: TTRPCJournal?) {
-        self.services = services
-        self.logger = logger
+    init(dispatcher: TTRPCDispatcher, journal: TTRPCJournal?) {
+        self.dispatcher = dispatcher
         self.journal = journal
     }
 
@@ -244,10 +244,10 @@ final class TTRPCServerHandler: ChannelInboundHandler, Sendable {
         // Streams are not used by containerd's shim or event APIs.
         guard frame.kind == TTRPCFrame.Kind.request.rawValue else { return }
         let channel = context.channel
-        let services = self.services, logger = self.logger, journal = self.journal
+        let dispatcher = self.dispatcher, journal = self.journal
         journal?.record(frame.streamID, frame.data)
         Task(executorPreference: Self.executor) {
-            let response = await Self.respond(to: frame.data, services: services, logger: logger)
+            let response = await dispatcher.respond(to: frame.data)
             let bytes: [UInt8] = (try? response.serializedBytes()) ?? []
             try? await channel.writeAndFlush(TTRPCFrame(streamID: frame.streamID, kind: .response, data: bytes))
             journal?.remove(frame.streamID)
@@ -259,7 +259,19 @@ final class TTRPCServerHandler: ChannelInboundHandler, Sendable {
         context.fireChannelInactive()
     }
 
-    static func respond(to data: [UInt8], services: [String: any TTRPCService], logger: Logger) async -> Ttrpc_Response {
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        dispatcher.logger.debug("ttrpc connection closed", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+}
+
+/// Routes a ttrpc request to its service and counts it.
+struct TTRPCDispatcher: Sendable {
+    let services: [String: any TTRPCService]
+    let logger: Logger
+    let stats: TTRPCRequestStats
+
+    func respond(to data: [UInt8]) async -> Ttrpc_Response {
         var response = Ttrpc_Response()
         func fail(_ e: ShimError) -> Ttrpc_Response {
             var status = Ttrpc_Status()
@@ -275,9 +287,13 @@ final class TTRPCServerHandler: ChannelInboundHandler, Sendable {
         guard let service = services[request.service] else {
             return fail(ShimError(.unimplemented, "service \(request.service) is not served here"))
         }
+        let started = ContinuousClock.now
+        var failed = true
+        defer { stats.record(service: request.service, method: request.method, seconds: started.duration(to: .now).seconds, failed: failed) }
         do {
             let context = TTRPCRequestContext(metadata: request.metadata.map { ($0.key, $0.value) })
             response.payload = Data(try await service.handle(method: request.method, payload: [UInt8](request.payload), context: context))
+            failed = false
             return response
         } catch let e as ShimError {
             if e.code != .notFound && e.code != .unimplemented {
@@ -289,9 +305,40 @@ final class TTRPCServerHandler: ChannelInboundHandler, Sendable {
             return fail(ShimError(.internalError, "\(request.method) failed", underlying: error))
         }
     }
+}
 
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        logger.debug("ttrpc connection closed", metadata: ["error": "\(error)"])
-        context.close(promise: nil)
+/// Requests a server answered, per service and method: how many, how many
+/// failed, and the seconds spent answering (for `Wait`, the time until the
+/// exit: it blocks).
+public final class TTRPCRequestStats: Sendable {
+    public struct Entry: Codable, Sendable, Equatable {
+        public var service: String
+        public var method: String
+        public var count: Int
+        public var failed: Int
+        public var seconds: Double
     }
+    private let entries = Mutex<[String: Entry]>([:])
+
+    public init() {}
+
+    func record(service: String, method: String, seconds: Double, failed: Bool) {
+        entries.withLock { e in
+            let key = service + "/" + method
+            var entry = e[key] ?? Entry(service: service, method: method, count: 0, failed: 0, seconds: 0)
+            entry.count += 1
+            entry.failed += failed ? 1 : 0
+            entry.seconds += seconds
+            e[key] = entry
+        }
+    }
+
+    /// Every method served so far, sorted by service and method.
+    public func snapshot() -> [Entry] {
+        entries.withLock { Array($0.values) }.sorted { ($0.service, $0.method) < ($1.service, $1.method) }
+    }
+}
+
+fileprivate extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }

@@ -162,7 +162,7 @@ public actor TaskService: TTRPCService {
         do {
             let data = try JSONEncoder().encode(value)
             try FileSystem.makeDirectories((path as NSString).deletingLastPathComponent, mode: 0o700)
-            try FileSystem.replace(path, String(decoding: data, as: UTF8.self))
+            try FileSystem.replace(path, bytes: [UInt8](data))
         } catch {
             logger.error("cannot record task state", metadata: ["container": "\(key.id)", "path": "\(path)", "error": "\(error)"])
         }
@@ -382,14 +382,17 @@ public actor TaskService: TTRPCService {
         p.waiters = []
         process = p
         if let exec { t.execs[exec] = p } else { t.initProcess = p; t.state = .stopped }
-        put(key, t)
         var event = Containerd_Events_TaskExit()
         event.containerID = key.id
         event.id = exec ?? key.id
         event.pid = UInt32(p.pid)
         event.exitStatus = code
         event.exitedAt = Google_Protobuf_Timestamp(date: at)
+        // The event is in the publisher's journal before the record says
+        // stopped: a daemon dying in between leaves a running record, whose
+        // exit the next daemon reports again (a duplicate, never a loss).
         events?.post(namespace: key.namespace, topic: .exit, event: event)
+        put(key, t)
         logger.info("process exited", metadata: ["namespace": "\(key.namespace)", "container": "\(key.id)",
                                                  "exec": "\(exec ?? "")", "status": "\(code)"])
     }

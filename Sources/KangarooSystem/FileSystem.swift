@@ -27,9 +27,14 @@ public enum FileSystem {
     /// Writes `data` with one write(2) (cgroup and proc files need that).
     public static func write(_ path: String, _ data: String, flags: Int32 = O_WRONLY | O_CLOEXEC,
                              mode: mode_t = 0o644) throws(Errno) {
+        try write(path, bytes: Array(data.utf8), flags: flags, mode: mode)
+    }
+
+    public static func write(_ path: String, bytes: [UInt8], flags: Int32 = O_WRONLY | O_CLOEXEC,
+                             mode: mode_t = 0o644) throws(Errno) {
         let fd = try retrying { open(path, flags, mode) }
         defer { _ = Glibc.close(fd) }
-        var bytes = Array(data.utf8)
+        var bytes = bytes
         var off = 0
         repeat {
             let n = try retrying {
@@ -41,8 +46,12 @@ public enum FileSystem {
 
     /// Atomically replaces `path` (write to a temporary, fsync-free rename).
     public static func replace(_ path: String, _ data: String) throws(Errno) {
+        try replace(path, bytes: Array(data.utf8))
+    }
+
+    public static func replace(_ path: String, bytes: [UInt8]) throws(Errno) {
         let tmp = path + ".tmp"
-        try write(tmp, data, flags: O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode: 0o600)
+        try write(tmp, bytes: bytes, flags: O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode: 0o600)
         if rename(tmp, path) != 0 { throw Errno(rawValue: errno) }
     }
 

@@ -47,6 +47,8 @@ struct NodeStatus: Codable, Sendable {
     var sandboxes: [Sandbox]
     var mounts: [LazyMount]
     var memory: Memory
+    /// ttrpc requests answered, per method, with the time spent on them.
+    var requests: [TTRPCRequestStats.Entry]
 }
 
 /// The daemon's own ttrpc service `kangaroo.node.v1.Node` (method
@@ -60,15 +62,19 @@ final class NodeStatusService: TTRPCService, Sendable {
     let socket: String
     let started = Date()
     let metricsAddress = Mutex<String?>(nil)
-    let supervisorPID: Int32?
+    /// Cleared if the supervisor dies (the daemon then runs unsupervised).
+    let supervisorPID: Mutex<Int32?>
     let restarts: Int
+    let requests: TTRPCRequestStats
 
-    init(tasks: TaskService, keeper: FUSEKeeper?, root: String, socket: String, supervisorPID: Int32?, generation: Int) {
+    init(tasks: TaskService, keeper: FUSEKeeper?, root: String, socket: String, supervisorPID: Int32?, generation: Int,
+         requests: TTRPCRequestStats) {
         self.tasks = tasks
+        self.requests = requests
         self.keeper = keeper
         self.root = root
         self.socket = socket
-        self.supervisorPID = supervisorPID
+        self.supervisorPID = Mutex(supervisorPID)
         self.restarts = max(0, generation - 1)
     }
 
@@ -102,8 +108,9 @@ final class NodeStatusService: TTRPCService, Sendable {
         let running = list.filter { $0.state == "running" || $0.state == "paused" }.count
         let memory = NodeStatus.Memory(daemonRSSKiB: own?.rss ?? 0, daemonPSSKiB: own?.pss ?? 0, mountServersPSSKiB: servers,
                                        pssPerTaskKiB: running > 0 ? ((own?.pss ?? 0) + servers) / running : nil)
-        return NodeStatus(pid: getpid(), supervisorPID: supervisorPID, restarts: restarts, uptimeSeconds: Date().timeIntervalSince(started), shimSocket: socket, root: root,
-                          metrics: metricsAddress.withLock { $0 }, tasks: list, sandboxes: pods.values.sorted { $0.id < $1.id }, mounts: mounts, memory: memory)
+        return NodeStatus(pid: getpid(), supervisorPID: supervisorPID.withLock { $0 }, restarts: restarts, uptimeSeconds: Date().timeIntervalSince(started), shimSocket: socket, root: root,
+                          metrics: metricsAddress.withLock { $0 }, tasks: list, sandboxes: pods.values.sorted { $0.id < $1.id }, mounts: mounts, memory: memory,
+                          requests: requests.snapshot())
     }
 
     /// RSS and PSS of a process in KiB (smaps_rollup).
@@ -142,6 +149,12 @@ final class NodeStatusService: TTRPCService, Sendable {
         metric("memory_pss_bytes", "gauge", "Proportional set size of the daemon and of the lazy mount servers.",
                [("process=\"daemon\"", "\(s.memory.daemonPSSKiB * 1024)"), ("process=\"mount-servers\"", "\(s.memory.mountServersPSSKiB * 1024)")])
         metric("memory_rss_bytes", "gauge", "Resident set size of the daemon.", [("", "\(s.memory.daemonRSSKiB * 1024)")])
+        func labels(_ r: TTRPCRequestStats.Entry) -> String { "service=\"\(r.service)\",method=\"\(r.method)\"" }
+        metric("ttrpc_requests_total", "counter", "ttrpc requests answered, per method.", s.requests.map { (labels($0), "\($0.count)") })
+        metric("ttrpc_requests_failed_total", "counter", "ttrpc requests answered with an error, per method.",
+               s.requests.map { (labels($0), "\($0.failed)") })
+        metric("ttrpc_request_seconds_total", "counter", "Seconds spent answering ttrpc requests, per method (Wait: until the exit).",
+               s.requests.map { (labels($0), String(format: "%.6f", $0.seconds)) })
         metric("uptime_seconds", "gauge", "Seconds since the daemon started.", [("", String(format: "%.1f", s.uptimeSeconds))])
         metric("restarts_total", "counter", "Daemons the supervisor started after one died.", [("", "\(s.restarts)")])
         return out
@@ -203,5 +216,13 @@ struct NodeStatusCommand: AsyncParsableCommand {
         print("\nMEMORY")
         print("daemon RSS \(s.memory.daemonRSSKiB) KiB, PSS \(s.memory.daemonPSSKiB) KiB; mount servers PSS \(s.memory.mountServersPSSKiB) KiB"
               + (s.memory.pssPerTaskKiB.map { "; \($0) KiB per running task" } ?? ""))
+        print("\nREQUESTS (ttrpc, since the daemon started)")
+        if !s.requests.isEmpty {
+            print(pad("METHOD", 40) + pad("COUNT", 9) + pad("FAILED", 8) + "MEAN MS")
+            for r in s.requests {
+                let mean = r.count > 0 ? String(format: "%.2f", r.seconds * 1000 / Double(r.count)) : "-"
+                print(pad(r.service + "/" + r.method, 40) + pad("\(r.count)", 9) + pad("\(r.failed)", 8) + mean)
+            }
+        }
     }
 }

@@ -112,18 +112,25 @@ struct NodeRun: AsyncParsableCommand {
         }
         let reaper = Reaper()
         reaper.start(becomeSubreaper: true)
-        let publisher = events.map { EventPublisher(address: $0, logger: logger) }
+        // Supervised, events wait in a journal until containerd has them
+        // (the next daemon sends what this one could not).
+        let publisher = events.map { EventPublisher(address: $0, logger: logger, journal: link == nil ? nil : state + "/events") }
         let tasks = TaskService(stateRoot: state, events: publisher, reaper: reaper, logger: logger)
         let snapshots = try await startSnapshotter(reaper: reaper, mountPolicy: mountPolicy, logger: logger)
+        let requests = TTRPCRequestStats()
         let status = NodeStatusService(tasks: tasks, keeper: snapshots?.keeper, root: root, socket: shimSocket,
-                                       supervisorPID: link == nil ? nil : getppid(), generation: workerGeneration)
-        let server: TTRPCServer? = shimSocket == "none" ? nil : TTRPCServer(path: shimSocket, services: [tasks, status], logger: logger)
+                                       supervisorPID: link == nil ? nil : getppid(), generation: workerGeneration, requests: requests)
+        let server: TTRPCServer? = shimSocket == "none" ? nil
+            : TTRPCServer(path: shimSocket, services: [tasks, status], logger: logger, requests: requests)
         if let link, let server {
             // Tasks of the daemon before this one first, then its
             // connections and unanswered requests, then new connections.
             _ = await tasks.restore(statuses: handover.statuses)
             for (pid, status) in handover.statuses { reaper.deliver(pid, status: status) }
-            link.forwardStatuses { pid, status in reaper.deliver(pid, status: status) }
+            link.forwardStatuses(to: { pid, status in reaper.deliver(pid, status: status) }, lost: { [logger] in
+                status.supervisorPID.withLock { $0 = nil }
+                logger.error("node: the supervisor is gone; serving on unsupervised (a crash of this daemon now closes containerd's connections); restart `kangaroo node` to supervise again")
+            })
             let supervision = TTRPCServer.Supervision(
                 accepted: { fd, id in link.send("K \(id)", fd: fd) }, closed: { id in link.send("D \(id)") },
                 journal: state + "/inflight", generation: workerGeneration)

@@ -186,14 +186,17 @@ final class SupervisorLink: Sendable {
         }
     }
 
-    /// Exit statuses from now on, to `deliver`, on a thread of its own.
-    func forwardStatuses(to deliver: @escaping @Sendable (Int32, Int32) -> Void) {
+    /// Exit statuses from now on, to `deliver`, on a thread of its own;
+    /// `lost` when the supervisor is gone (killed: nothing restarts this
+    /// daemon any more, and its connections die with it).
+    func forwardStatuses(to deliver: @escaping @Sendable (Int32, Int32) -> Void, lost: @escaping @Sendable () -> Void) {
         Thread.detachNewThread { [self] in
             while let (message, fd) = try? receive() {
                 if fd >= 0 { close(fd) }
                 let parts = message.split(separator: " ")
                 if parts.first == "S", parts.count == 3, let pid = Int32(parts[1]), let status = Int32(parts[2]) { deliver(pid, status) }
             }
+            lost()
         }
     }
 

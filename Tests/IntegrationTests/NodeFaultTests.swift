@@ -201,6 +201,41 @@ final class NodeFaultTests {
         }
     }
 
+    @Test("kill -9 of the supervisor: the daemon serves on, unsupervised, and says so; its tasks stay managed")
+    func supervisorKilled() throws {
+        try ctr(["run", "-d"] + kangaroo + [reference, "sv-1", "sleep", "1000"], check: true)
+        let supervisors = nodeSupervisors(socket: node.sub("shim.sock"))
+        // The supervisor's worker (a container's init is briefly a clone
+        // of the daemon, with its command line).
+        func parent(_ pid: Int32) -> Int32? {
+            (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8))?.split(separator: "\n")
+                .first { $0.hasPrefix("PPid:") }.flatMap { Int32($0.dropFirst(5).trimmingCharacters(in: .whitespaces)) }
+        }
+        let daemons = nodeDaemons(socket: node.sub("shim.sock")).filter { supervisors.contains(parent($0) ?? 0) }
+        #expect(supervisors.count == 1 && daemons.count == 1)
+        for pid in supervisors { kill(pid, SIGKILL) }
+        var logged = false
+        for _ in 0..<50 where !logged {
+            logged = nodeLog.contains("the supervisor is gone")
+            if !logged { usleep(100_000) }
+        }
+        #expect(logged, "\(nodeLog)")
+        #expect(daemons.allSatisfy { kill($0, 0) == 0 } && nodeDaemons(socket: node.sub("shim.sock")).contains(daemons.first ?? -1),
+                "the daemon died with its supervisor")
+        let statusJSON = try run(TestEnv.kangaroo, ["node", "status", "--json", "--shim-socket", node.sub("shim.sock")], check: true).stdout
+        let info = try JSONSerialization.jsonObject(with: Data(statusJSON.utf8)) as? [String: Any]
+        #expect(info?["supervisorPID"] == nil && (info?["pid"] as? Int).map(Int32.init) == daemons.first, "\(statusJSON)")
+        let exec = try ctr(["task", "exec", "--exec-id", "x", "sv-1", "sh", "-c", "echo alive"])
+        #expect(exec.status == 0 && exec.stdout == "alive\n", "\(exec.output)\n\(nodeLog)")
+        let fresh = try ctr(["run", "--rm"] + kangaroo + [reference, "sv-2", "echo", "new"])
+        #expect(fresh.status == 0 && fresh.stdout == "new\n", "\(fresh.output)\n\(nodeLog)")
+        try ctr(["task", "kill", "-s", "SIGKILL", "sv-1"], check: true)
+        for _ in 0..<50 where try statuses()["sv-1"] != "STOPPED" { usleep(100_000) }
+        let deleted = try ctr(["task", "delete", "sv-1"])
+        #expect(deleted.output.contains("137"), "\(deleted.output)")
+        try ctr(["containers", "rm", "sv-1"], check: true)
+    }
+
     @Test("kill -9 of a lazy mount's FUSE server, twice, while containers read a cold image: every read completes with the bytes runc sees")
     func fuseServerKilled() throws {
         let tar = containerd.dir.sub("sample.tar")

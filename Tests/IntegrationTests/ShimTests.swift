@@ -130,13 +130,18 @@ final class ShimTests {
         #expect((s["pid"] as? Int).map(Int32.init) == daemons().first)
         let memory = try #require(s["memory"] as? [String: Any])
         #expect((memory["daemonPSSKiB"] as? Int ?? 0) > 0)
+        let requests = try #require(s["requests"] as? [[String: Any]])
+        let pause = requests.first { $0["service"] as? String == "containerd.task.v2.Task" && $0["method"] as? String == "Pause" }
+        #expect((pause?["count"] as? Int ?? 0) >= 1 && (pause?["seconds"] as? Double ?? 0) > 0, "\(requests)")
         let table = try run(TestEnv.kangaroo, status, check: true).stdout
         #expect(table.contains("TASKS (3)") && table.contains("k-st2") && table.contains("paused"), "\(table)")
+        #expect(table.contains("containerd.task.v2.Task/Pause"), "\(table)")
         let address = try #require(s["metrics"] as? String)
         let metrics = try run("curl", ["-sf", "http://\(address)/metrics"], check: true).stdout
         #expect(metrics.contains("kangaroo_node_tasks{state=\"running\"} 1"), "\(metrics)")
         #expect(metrics.contains("kangaroo_node_tasks{state=\"paused\"} 1"), "\(metrics)")
         #expect(metrics.contains("kangaroo_node_tasks{state=\"stopped\"} 1"), "\(metrics)")
+        #expect(metrics.contains("kangaroo_node_ttrpc_requests_total{service=\"containerd.task.v2.Task\",method=\"Create\"}"), "\(metrics)")
         try ctr(["task", "resume", "k-st2"], check: true)
         for i in 1...3 {
             try ctr(["task", "delete", "--force", "k-st\(i)"])

@@ -119,6 +119,8 @@ clear_cache() {
     python3 "$HERE/scripts/cri-pod.py" $W/b/sock --pull $LAZY >/dev/null
 }
 
+status() { "$K" node status --json --shim-socket $W/$1/shim.sock; }
+mkdir -p $W/req
 burst() {  # name handler image n -> JSON
     python3 "$BURSTPY" $W/$1/sock $2 $3 $4
 }
@@ -129,12 +131,20 @@ burst b kangaroo $LAZY 1 >/dev/null
 for i in $(seq $RUNS); do
     burst a runc $OCI 1 >> $W/a.one
     clear_cache
+    status b > $W/req/b$i.before
     burst b kangaroo $LAZY 1 >> $W/b.one
+    status b > $W/req/b$i.after
 done
 clear_cache
 BA=$(burst a runc $OCI $BURST)
+status b > $W/req/burst.before
 BB=$(burst b kangaroo $LAZY $BURST)
-python3 - "$W/a.one" "$W/b.one" "$BA" "$BB" "$PULL_MS" "$RUNS" "$BURST" <<'PY'
+status b > $W/req/burst.after
+# The node daemon's own time answering containerd's task requests, per pod.
+PAIRS=(); for i in $(seq $RUNS); do PAIRS+=($W/req/b$i.before $W/req/b$i.after); done
+REQ1=$(python3 "$HERE/bench/node/requests.py" $RUNS "${PAIRS[@]}")
+REQB=$(python3 "$HERE/bench/node/requests.py" $BURST $W/req/burst.before $W/req/burst.after)
+python3 - "$W/a.one" "$W/b.one" "$BA" "$BB" "$PULL_MS" "$RUNS" "$BURST" "$REQ1" "$REQB" <<'PY'
 import json, sys, subprocess
 def load(path, key="latencies_s"):
     out = []
@@ -166,6 +176,12 @@ for j, name in enumerate(["RunPodSandbox", "CreateContainer", "StartContainer"])
     row("1 pod: %s, median ms" % name, med([p[j] for p in pa]), med([p[j] for p in pb]))
 for j, name in enumerate(["RunPodSandbox", "CreateContainer", "StartContainer"]):
     row("%d pods at once: %s, median ms" % (n, name), med([p[j] for p in ba["phases_s"]]), med([p[j] for p in bb["phases_s"]]))
+r1, rb = json.loads(sys.argv[8]), json.loads(sys.argv[9])
+print("| 1 pod: of which (b)'s node daemon answering containerd, mean ms per pod | | %.1f | |" % r1["total_ms"])
+print("| %d pods at once: (b)'s node daemon answering containerd, mean ms per pod (concurrent) | | %.1f | |" % (n, rb["total_ms"]))
+print()
+print("(b) 1 pod, the daemon's time per pod by task method (ms, Wait left out): "
+      + ", ".join("%s %.2f" % kv for kv in r1["per_unit_ms"].items()))
 for name, b in (("a", ba), ("b", bb)):
     if b["errors"] or b["ok"] != n:
         print("(%s) %d of %d pods ran; errors: %s" % (name, b["ok"], n, b["errors"]))
