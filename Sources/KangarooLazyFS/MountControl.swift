@@ -93,6 +93,18 @@ public enum MountControl {
         FUSEMount.mountInfo(for: FilePath(normalize(mountPoint)))?.fileSystemType
     }
 
+    /// Whether something is mounted at `mountPoint` and answers (a FUSE
+    /// mount whose server died gives ENOTCONN), without reading mountinfo,
+    /// which the snapshotter would otherwise parse for every Prepare: the
+    /// path is on another device than its parent directory. (For the image
+    /// mounts of the snapshotter, whose mount points it alone uses.)
+    public static func isLiveMountPoint(_ mountPoint: String) -> Bool {
+        let path = normalize(mountPoint)
+        var here = stat(), parent = stat()
+        guard stat(path, &here) == 0, stat(path + "/..", &parent) == 0 else { return false }
+        return here.st_dev != parent.st_dev
+    }
+
     public static func isDead(_ mountPoint: String) -> Bool { FUSEMount.isDeadMount(FilePath(normalize(mountPoint))) }
 
     /// True when process `pid` exists and is not a zombie.

@@ -103,7 +103,7 @@ extension Runtime {
         }
 
         let layout: CgroupLayout
-        do { layout = try CgroupLayout.detect() } catch {
+        do { layout = try CgroupLayout.current() } catch {
             throw RuntimeError(.system, "read /proc/self/mountinfo", errno: error.rawValue)
         }
         try HostSupport.check(spec, layout: layout)

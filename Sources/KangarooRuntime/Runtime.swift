@@ -54,7 +54,7 @@ public struct Runtime: Sendable {
     }
 
     func cgroup(for state: ContainerState) -> Cgroup? {
-        guard !state.cgroupPath.isEmpty, let layout = try? CgroupLayout.detect() else { return nil }
+        guard !state.cgroupPath.isEmpty, let layout = try? CgroupLayout.current() else { return nil }
         return Cgroup(layout: layout, path: state.cgroupPath)
     }
 

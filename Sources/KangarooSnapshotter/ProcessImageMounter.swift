@@ -65,8 +65,7 @@ public struct ProcessImageMounter: ImageMounter {
     }
 
     public func isMounted(_ mountPoint: String) -> Bool {
-        let type = MountControl.mountedType(mountPoint)
-        return (type == "fuse.kangaroo" || type == "erofs") && !MountControl.isDead(mountPoint)
+        MountControl.isLiveMountPoint(mountPoint)
     }
 
     public func unmount(_ mountPoint: String) async throws {

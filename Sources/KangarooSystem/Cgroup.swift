@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import SystemPackage
+import Synchronization
 
 /// The host's cgroup layout: cgroup v1 hierarchies (with an optional v2 tree
 /// beside them, "hybrid") or a pure cgroup v2 tree. Detected from
@@ -67,6 +68,24 @@ public struct CgroupLayout: Sendable, Equatable {
 
     public static func detect() throws(Errno) -> CgroupLayout {
         parse(mountinfo: try FileSystem.readString("/proc/self/mountinfo"))
+    }
+
+    private static let recent = Mutex<(layout: CgroupLayout, at: UInt64, namespace: UInt64)?>(nil)
+
+    /// `detect()`, reused for up to a second in the same mount namespace:
+    /// the node daemon creates, kills and deletes containers by the hundred,
+    /// and each detection reads and parses a mountinfo that grows with them.
+    /// (The cgroup mounts of a node do not change under its containers.)
+    public static func current() throws(Errno) -> CgroupLayout {
+        var ns = stat()
+        let namespace: UInt64 = stat("/proc/self/ns/mnt", &ns) == 0 ? UInt64(ns.st_ino) : 0
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let ms = UInt64(now.tv_sec) * 1000 + UInt64(now.tv_nsec) / 1_000_000
+        if let r = recent.withLock({ $0 }), r.namespace == namespace, ms &- r.at < 1000 { return r.layout }
+        let layout = try detect()
+        recent.withLock { $0 = (layout, ms, namespace) }
+        return layout
     }
 
     /// The hierarchy carrying `controller`, if mounted.

@@ -149,6 +149,12 @@ struct NodeRun: AsyncParsableCommand {
             }
             status.metricsAddress.withLock { $0 = "\(address.host):\(endpoint!.port)" }
         }
+        if let mounts = try? FileSystem.readString("/proc/self/mounts") {
+            let cgroup2 = mounts.split(separator: "\n").filter { $0.split(separator: " ").dropFirst(2).first == "cgroup2" }
+            if !cgroup2.isEmpty && !cgroup2.contains(where: { $0.contains("favordynmods") }) {
+                logger.notice("cgroup favordynmods is off: every container start waits 10-20 ms for an RCU grace period to join its cgroups; scripts/node-tuning.sh turns it on (mount -o remount,favordynmods on the cgroup2 mount)")
+            }
+        }
         logger.info("node daemon ready", metadata: ["socket": "\(shimSocket)", "snapshotter": "\(snapshotterSocket)",
                                                     "state": "\(state)", "root": "\(root)", "events": "\(events ?? "none")",
                                                     "metrics": "\(endpoint.map { "\(metricsAddress!.host):\($0.port)" } ?? "none")"])

@@ -38,6 +38,10 @@ cleanup() {
     rm -rf "$W" /tmp/kangaroo-bench-cri-logs
 }
 trap cleanup EXIT
+# Runtime state on tmpfs, as /run is on a node (containerd's state, the
+# node daemon's task records and journals; runc's shims keep theirs in
+# containerd's state).
+mkdir -p $W/run && mount -t tmpfs -o mode=0711,size=512m kangaroo-bench $W/run
 
 # A docker-registry on 127.0.0.1 with the Kangaroo sample image.
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -65,7 +69,7 @@ start_containerd() {  # name snapshotter
     cat > $d/config.toml <<CFG
 version = 2
 root = "$d/root"
-state = "$d/state"
+state = "$W/run/$1/containerd"
 [grpc]
   address = "$d/sock"
 [ttrpc]
@@ -86,7 +90,7 @@ $proxy
     bin_dir = "/usr/lib/cni"
     conf_dir = "$d/cni"
 CFG
-    local env=(PATH=$BIN:$PATH KANGAROO_BIN=$K KANGAROO_SHIM_SOCKET=$d/shim.sock KANGAROO_NODE_STATE=$d/node
+    local env=(PATH=$BIN:$PATH KANGAROO_BIN=$K KANGAROO_SHIM_SOCKET=$d/shim.sock KANGAROO_NODE_STATE=$W/run/$1/node
                KANGAROO_NODE_ROOT=$d/noderoot KANGAROO_SNAPSHOTTER_SOCKET=$d/snapshotter.sock)
     if [ $2 = kangaroo ]; then
         env "${env[@]}" setsid "$K" node --shim-socket $d/shim.sock --log-level warning </dev/null >$d/node.log 2>&1 &
@@ -94,6 +98,7 @@ CFG
     fi
     env "${env[@]}" containerd --config $d/config.toml >$d/containerd.log 2>&1 &
     PIDS+=($!)
+    echo $! > $d/containerd.pid
     for _ in $(seq 200); do [ -S $d/sock.ttrpc ] && ctr --address $d/sock version >/dev/null 2>&1 && break; sleep 0.05; done
     tar -C $IMAGES/pause -cf $d/pause.tar .
     ctr --address $d/sock -n k8s.io images import --snapshotter $2 --base-name kangaroo.test/pause $d/pause.tar >/dev/null
@@ -136,15 +141,30 @@ for i in $(seq $RUNS); do
     status b > $W/req/b$i.after
 done
 clear_cache
+# CPU time during each burst (2 vCPUs bound it): the machine's busy time,
+# containerd's own (the shim binaries it starts and reaps included), and
+# for (b) the node daemon's (supervisor, daemon, the image's mount server).
+ticks() {  # pids... -> user+system clock ticks, children reaped included
+    local t=0 p
+    for p in "$@"; do t=$((t + $(awk '{print $14 + $15 + $16 + $17}' /proc/$p/stat 2>/dev/null || echo 0))); done
+    echo $t
+}
+busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+node_pids() { { pgrep -f "kangaroo node( run)? .*--shim-socket $W/b/shim.sock"; pgrep -f "image mount .* $W/b/noderoot"; } | tr '\n' ' '; }
+cpu_before() { echo "$(busy) $(ticks $(cat $W/$1/containerd.pid)) $(ticks $(node_pids))"; }
+CA0=$(cpu_before a)
 BA=$(burst a runc $OCI $BURST)
+CA1=$(cpu_before a)
 status b > $W/req/burst.before
+CB0=$(cpu_before b)
 BB=$(burst b kangaroo $LAZY $BURST)
+CB1=$(cpu_before b)
 status b > $W/req/burst.after
 # The node daemon's own time answering containerd's task requests, per pod.
 PAIRS=(); for i in $(seq $RUNS); do PAIRS+=($W/req/b$i.before $W/req/b$i.after); done
 REQ1=$(python3 "$HERE/bench/node/requests.py" $RUNS "${PAIRS[@]}")
 REQB=$(python3 "$HERE/bench/node/requests.py" $BURST $W/req/burst.before $W/req/burst.after)
-python3 - "$W/a.one" "$W/b.one" "$BA" "$BB" "$PULL_MS" "$RUNS" "$BURST" "$REQ1" "$REQB" <<'PY'
+python3 - "$W/a.one" "$W/b.one" "$BA" "$BB" "$PULL_MS" "$RUNS" "$BURST" "$REQ1" "$REQB" "$CA0" "$CA1" "$CB0" "$CB1" "$(getconf CLK_TCK)" <<'PY'
 import json, sys, subprocess
 def load(path, key="latencies_s"):
     out = []
@@ -158,7 +178,8 @@ ba, bb = json.loads(sys.argv[3]), json.loads(sys.argv[4])
 runs, n = int(sys.argv[6]), int(sys.argv[7])
 cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name:[[:space:]]*//p'"], capture_output=True, text=True).stdout.strip()
 load_avg = open("/proc/loadavg").read().split()[0]
-print("bench/node/cri.sh: %d single-pod runs each, alternating, then %d pods at once; %s, load %s" % (runs, n, cpu, load_avg))
+fdm = "on" if any(l.split()[2] == "cgroup2" and "favordynmods" in l.split()[3] for l in open("/proc/self/mounts")) else "off"
+print("bench/node/cri.sh: %d single-pod runs each, alternating, then %d pods at once; %s, load %s, cgroup favordynmods %s" % (runs, n, cpu, load_avg, fdm))
 print("Kangaroo image: CRI PullImage (manifest and config; the bootstrap and the mount follow in the background) %.0f ms" % float(sys.argv[5]))
 print()
 print("| measurement | (a) runc + overlayfs + OCI image | (b) kangaroo + kangaroo snapshotter + lazy image, empty cache | b / a |")
@@ -177,10 +198,18 @@ for j, name in enumerate(["RunPodSandbox", "CreateContainer", "StartContainer"])
 for j, name in enumerate(["RunPodSandbox", "CreateContainer", "StartContainer"]):
     row("%d pods at once: %s, median ms" % (n, name), med([p[j] for p in ba["phases_s"]]), med([p[j] for p in bb["phases_s"]]))
 r1, rb = json.loads(sys.argv[8]), json.loads(sys.argv[9])
-print("| 1 pod: of which (b)'s node daemon answering containerd, mean ms per pod | | %.1f | |" % r1["total_ms"])
-print("| %d pods at once: (b)'s node daemon answering containerd, mean ms per pod (concurrent) | | %.1f | |" % (n, rb["total_ms"]))
+def startup(r): return sum(v for m, v in r["per_unit_ms"].items() if m in ("Create", "Start", "Connect", "State"))
+print("| 1 pod: of which (b)'s node daemon answering Create and Start, mean ms per pod | | %.1f | |" % startup(r1))
+print("| %d pods at once: (b)'s node daemon answering Create and Start, mean ms per pod (concurrent) | | %.1f | |" % (n, startup(rb)))
+# CPU per pod during the bursts: machine busy time, containerd, the daemon.
+tck = float(sys.argv[14])
+ca0, ca1, cb0, cb1 = ([int(x) for x in sys.argv[i].split()] for i in range(10, 14))
+def per_pod(t0, t1, j, ok): return (t1[j] - t0[j]) * 1000.0 / tck / max(ok, 1)
+row("%d pods at once: CPU per pod, whole machine, ms" % n, per_pod(ca0, ca1, 0, ba["ok"]) / 1, per_pod(cb0, cb1, 0, bb["ok"]))
+row("%d pods at once: CPU per pod, containerd (with the shim binaries it starts), ms" % n, per_pod(ca0, ca1, 1, ba["ok"]), per_pod(cb0, cb1, 1, bb["ok"]))
+print("| %d pods at once: CPU per pod, (b)'s node daemon, supervisor and mount server, ms | | %.0f | |" % (n, per_pod(cb0, cb1, 2, bb["ok"])))
 print()
-print("(b) 1 pod, the daemon's time per pod by task method (ms, Wait left out): "
+print("(b) 1 pod, the daemon's time per pod by task method, start and teardown (ms, Wait left out): "
       + ", ".join("%s %.2f" % kv for kv in r1["per_unit_ms"].items()))
 for name, b in (("a", ba), ("b", bb)):
     if b["errors"] or b["ok"] != n:

@@ -34,7 +34,7 @@ cleanup() {
     for id in $(ctr --address $W/sock containers ls -q 2>/dev/null); do
         ctr --address $W/sock task delete -f $id >/dev/null 2>&1; ctr --address $W/sock containers rm $id >/dev/null 2>&1
     done
-    pkill -TERM -f "kangaroo node --state $W/node" 2>/dev/null
+    pkill -TERM -f "kangaroo node --state $W/run/node" 2>/dev/null
     pkill -TERM -f "kangaroo node --shim-socket $W/shim.sock" 2>/dev/null
     [ -n "$REG_PID" ] && kill $REG_PID 2>/dev/null
     [ -n "$CTRD_PID" ] && kill $CTRD_PID 2>/dev/null && wait $CTRD_PID 2>/dev/null
@@ -43,10 +43,14 @@ cleanup() {
     rm -rf "$W"
 }
 trap cleanup EXIT
+# Runtime state on tmpfs, as /run is on a node (containerd's state, the
+# node daemon's task records and journals; runc's shims keep theirs in
+# containerd's state).
+mkdir -p $W/run && mount -t tmpfs -o mode=0711,size=512m kangaroo-bench $W/run
 cat > $W/config.toml <<CFG
 version = 2
 root = "$W/root"
-state = "$W/state"
+state = "$W/run/containerd"
 disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [grpc]
   address = "$W/sock"
@@ -56,7 +60,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   type = "snapshot"
   address = "$W/snap.sock"
 CFG
-NODE_ENV=(PATH=$BIN:$PATH KANGAROO_BIN=$K KANGAROO_SHIM_SOCKET=$W/shim.sock KANGAROO_NODE_STATE=$W/node
+NODE_ENV=(PATH=$BIN:$PATH KANGAROO_BIN=$K KANGAROO_SHIM_SOCKET=$W/shim.sock KANGAROO_NODE_STATE=$W/run/node
           KANGAROO_NODE_ROOT=$W/noderoot KANGAROO_SNAPSHOTTER_SOCKET=$W/snap.sock)
 env "${NODE_ENV[@]}" setsid "$K" node --shim-socket $W/shim.sock --log-level warning </dev/null >$W/node.log 2>&1 &
 for _ in $(seq 100); do [ -S $W/snap.sock ] && [ -S $W/shim.sock ] && break; sleep 0.05; done
@@ -141,7 +145,8 @@ mem_row() {  # runtime count
 COUNTS="1 10"
 [ "${N50:-0}" = 1 ] && COUNTS="1 10 50"
 CPU=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p')
-echo "bench/node: $RUNS runs each, alternating; $(nproc) cores, $CPU, load $(cut -d' ' -f1 /proc/loadavg)"
+FDM=$(grep -q "cgroup2 [^ ]*favordynmods" /proc/self/mounts && echo on || echo off)
+echo "bench/node: $RUNS runs each, alternating; $(nproc) cores, $CPU, load $(cut -d' ' -f1 /proc/loadavg), cgroup favordynmods $FDM"
 echo
 ratio() { awk -v a=$1 -v b=$2 'BEGIN {printf "%.2f", a/b}'; }
 echo "| measurement | runc shim, overlayfs, OCI image | kangaroo daemon, overlayfs, OCI image | kangaroo daemon + snapshotter, lazy image, empty cache | kangaroo / runc | lazy / runc |"
