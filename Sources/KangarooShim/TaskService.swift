@@ -23,6 +23,7 @@ public actor TaskService: TTRPCService {
     let logger: Logger
     let events: EventPublisher?
     let reaper: Reaper
+    let consoleKeeper: ConsoleKeeper?
     private var tasks: [Key: TaskRecord] = [:]
     /// Inits whose Start is being answered, and exits held back until the
     /// start event is out.
@@ -62,11 +63,31 @@ public actor TaskService: TTRPCService {
         var execs: [String: Process] = [:]
     }
 
-    public init(stateRoot: String, events: EventPublisher?, reaper: Reaper, logger: Logger) {
+    /// Keeps copies of every terminal's descriptors (pty master, stdin
+    /// and stdout fifos) outside the daemon, named "NAMESPACE/ID/EXEC"
+    /// (EXEC empty for the init): the node supervisor, which hands them to
+    /// the next daemon, so a terminal survives a daemon crash.
+    public struct ConsoleKeeper: Sendable {
+        public var keep: @Sendable (_ name: String, _ master: Int32, _ stdin: Int32, _ stdout: Int32) -> Void
+        public var release: @Sendable (_ name: String) -> Void
+        public init(keep: @escaping @Sendable (String, Int32, Int32, Int32) -> Void, release: @escaping @Sendable (String) -> Void) {
+            self.keep = keep
+            self.release = release
+        }
+    }
+
+    public init(stateRoot: String, events: EventPublisher?, reaper: Reaper, logger: Logger, consoleKeeper: ConsoleKeeper? = nil) {
         self.stateRoot = stateRoot
         self.events = events
         self.reaper = reaper
         self.logger = logger
+        self.consoleKeeper = consoleKeeper
+    }
+
+    nonisolated func handover(_ key: Key, exec: String?) -> Terminal.Handover? {
+        guard let k = consoleKeeper else { return nil }
+        let name = key.namespace + "/" + key.id + "/" + (exec ?? "")
+        return Terminal.Handover(keep: { k.keep(name, $0, $1, $2) }, release: { k.release(name) })
     }
 
     nonisolated func runtime(_ namespace: String) -> Runtime {
@@ -179,7 +200,15 @@ public actor TaskService: TTRPCService {
     /// reaped them as their new parent: `statuses`, then through the
     /// reaper); processes gone without a known status are reported exited
     /// with 255. Returns how many tasks were taken over.
-    public func restore(statuses: [Int32: Int32]) -> Int {
+    public func restore(statuses: [Int32: Int32], consoles: [String: [Int32]] = [:]) -> Int {
+        var consoles = consoles
+        defer {
+            // Terminals of processes no record names any more.
+            for (name, fds) in consoles {
+                for fd in fds where fd >= 0 { close(fd) }
+                consoleKeeper?.release(name)
+            }
+        }
         let root = stateRoot + "/tasks"
         var count = 0
         for ns in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [] {
@@ -200,6 +229,20 @@ public actor TaskService: TTRPCService {
                 let key = Key(namespace: p.namespace, id: p.id)
                 tasks[key] = TaskRecord(bundle: p.bundle, rootfsMounted: p.rootfsMounted, state: p.state,
                                         initProcess: process(p.initProcess), execs: p.execs.mapValues(process))
+                // A terminal's relay again, on the descriptors the
+                // supervisor kept (pty master, stdin and stdout fifos).
+                for exec in [nil] + p.execs.keys.map(Optional.some) {
+                    let name = key.namespace + "/" + key.id + "/" + (exec ?? "")
+                    guard let fds = consoles.removeValue(forKey: name) else { continue }
+                    guard fds.count == 3, fds[0] >= 0 else {
+                        for fd in fds where fd >= 0 { close(fd) }
+                        consoleKeeper?.release(name)
+                        continue
+                    }
+                    let terminal = Terminal(master: fds[0], stdinFD: fds[1], stdoutFD: fds[2], handover: handover(key, exec: exec))
+                    if let exec { tasks[key]?.execs[exec]?.console = terminal } else { tasks[key]?.initProcess.console = terminal }
+                    logger.info("terminal taken over", metadata: ["container": "\(key.id)", "exec": "\(exec ?? "")"])
+                }
                 count += 1
                 var live: [(String?, Int32)] = []
                 if p.initProcess.pid > 0 { live.append((nil, p.initProcess.pid)) }
@@ -326,7 +369,8 @@ public actor TaskService: TTRPCService {
         process.terminal = r.terminal
         if let socket {
             let master = try socket.receive(what: "task \(id)")
-            process.console = try Terminal(master: master, stdin: r.stdin, stdout: r.stdout, what: "task \(id)")
+            process.console = try Terminal(master: master, stdin: r.stdin, stdout: r.stdout, what: "task \(id)",
+                                           handover: handover(key, exec: nil))
         }
         undo.disarm()
         put(key, TaskRecord(bundle: r.bundle, rootfsMounted: mounted, initProcess: process))
@@ -449,7 +493,7 @@ public actor TaskService: TTRPCService {
         if let socket {
             do {
                 console = try Terminal(master: try socket.receive(what: "exec \(r.execID)"), stdin: p.stdin, stdout: p.stdout,
-                                       what: "exec \(r.execID)")
+                                       what: "exec \(r.execID)", handover: handover(key, exec: r.execID))
             } catch {
                 Glibc.kill(pid, SIGKILL)
                 throw error

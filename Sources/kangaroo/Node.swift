@@ -115,7 +115,7 @@ struct NodeRun: AsyncParsableCommand {
         // Supervised, events wait in a journal until containerd has them
         // (the next daemon sends what this one could not).
         let publisher = events.map { EventPublisher(address: $0, logger: logger, journal: link == nil ? nil : state + "/events") }
-        let tasks = TaskService(stateRoot: state, events: publisher, reaper: reaper, logger: logger)
+        let tasks = TaskService(stateRoot: state, events: publisher, reaper: reaper, logger: logger, consoleKeeper: link?.consoleKeeper)
         let snapshots = try await startSnapshotter(reaper: reaper, mountPolicy: mountPolicy, logger: logger)
         let requests = TTRPCRequestStats()
         let status = NodeStatusService(tasks: tasks, keeper: snapshots?.keeper, root: root, socket: shimSocket,
@@ -125,7 +125,7 @@ struct NodeRun: AsyncParsableCommand {
         if let link, let server {
             // Tasks of the daemon before this one first, then its
             // connections and unanswered requests, then new connections.
-            _ = await tasks.restore(statuses: handover.statuses)
+            _ = await tasks.restore(statuses: handover.statuses, consoles: handover.consoles)
             for (pid, status) in handover.statuses { reaper.deliver(pid, status: status) }
             link.forwardStatuses(to: { pid, status in reaper.deliver(pid, status: status) }, lost: { [logger] in
                 status.supervisorPID.withLock { $0 = nil }

@@ -1,5 +1,6 @@
 import CKangaroo
 import Foundation
+import KangarooShim
 import KangarooSystem
 import Logging
 #if canImport(Glibc)
@@ -21,9 +22,15 @@ import Glibc
 ///   and the daemon takes over the tasks (recorded in the state directory)
 ///   and answers the requests the dead one had read (journaled).
 ///
+/// It also keeps a copy of every terminal's pty master and containerd
+/// fifos (a pty closed with the daemon would hang up its container, and a
+/// fifo without a writer ends containerd's copy of the output).
+///
 /// Control messages (SOCK_SEQPACKET, text): daemon → supervisor `K id` with
-/// a connection, `D id` (closed), `R` (ready); supervisor → daemon `C id`
-/// with a connection, `S pid status`, `E` (end of the handover).
+/// a connection, `D id` (closed), `P name m|i|o` with a terminal's master,
+/// stdin or stdout, `Q name` (terminal done), `R` (ready); supervisor →
+/// daemon `C id` with a connection, `T name m|i|o` with a terminal's
+/// descriptor, `S pid status`, `E` (end of the handover).
 struct NodeSupervisor {
     let executable: String
     /// `node run` arguments for the daemon (without --ready-fd).
@@ -48,6 +55,7 @@ struct NodeSupervisor {
         }
         signal(SIGPIPE, SIG_IGN)
         var connections: [String: Int32] = [:]
+        var consoles: [String: [String: Int32]] = [:]
         var statuses: [(pid: Int32, status: Int32)] = []
         var generation = 0
         var ready = false
@@ -72,6 +80,7 @@ struct NodeSupervisor {
             close(pair[1])
             // The handover: the connections and the exits the daemon missed.
             for (id, fd) in connections.sorted(by: { $0.key < $1.key }) { send(control, "C \(id)", fd: fd) }
+            for (name, fds) in consoles { for (role, fd) in fds { send(control, "T \(name) \(role)", fd: fd) } }
             for s in statuses { send(control, "S \(s.pid) \(s.status)") }
             send(control, "E")
             logger.info("node supervisor: daemon started", metadata: ["pid": "\(worker)", "generation": "\(generation)",
@@ -98,6 +107,12 @@ struct NodeSupervisor {
                         case "K" where parts.count == 2 && fd >= 0: connections[String(parts[1])] = fd
                         case "D" where parts.count == 2:
                             if let old = connections.removeValue(forKey: String(parts[1])) { close(old) }
+                        case "P" where parts.count == 3 && fd >= 0:
+                            let (name, role) = (String(parts[1]), String(parts[2]))
+                            if let old = consoles[name]?[role] { close(old) }
+                            consoles[name, default: [:]][role] = fd
+                        case "Q" where parts.count == 2:
+                            for (_, old) in consoles.removeValue(forKey: String(parts[1])) ?? [:] { close(old) }
                         case "R":
                             if !ready, let readyFD {
                                 let text = Array("ready\n".utf8)
@@ -168,6 +183,8 @@ final class SupervisorLink: Sendable {
     struct Handover {
         var connections: [(id: String, fd: Int32)] = []
         var statuses: [Int32: Int32] = [:]
+        /// Terminals: name → [master, stdin, stdout] (-1: none).
+        var consoles: [String: [Int32]] = [:]
     }
 
     /// Reads up to `E`.
@@ -179,6 +196,9 @@ final class SupervisorLink: Sendable {
             switch parts.first {
             case "E": return h
             case "C" where parts.count == 2 && fd >= 0: h.connections.append((String(parts[1]), fd))
+            case "T" where parts.count == 3 && fd >= 0:
+                guard let slot = ["m": 0, "i": 1, "o": 2][String(parts[2])] else { close(fd); continue }
+                h.consoles[String(parts[1]), default: [-1, -1, -1]][slot] = fd
             case "S" where parts.count == 3:
                 if let pid = Int32(parts[1]), let status = Int32(parts[2]) { h.statuses[pid] = status }
             default: if fd >= 0 { close(fd) }
@@ -203,6 +223,13 @@ final class SupervisorLink: Sendable {
     func send(_ message: String, fd: Int32 = -1) {
         let bytes = Array(message.utf8)
         _ = bytes.withUnsafeBytes { kr_send_message(socket, $0.baseAddress, $0.count, fd) }
+    }
+
+    /// The supervisor keeps terminals' descriptors (see NodeSupervisor).
+    var consoleKeeper: TaskService.ConsoleKeeper {
+        TaskService.ConsoleKeeper(keep: { [self] name, master, stdin, stdout in
+            for (role, fd) in [("m", master), ("i", stdin), ("o", stdout)] where fd >= 0 { send("P \(name) \(role)", fd: fd) }
+        }, release: { [self] name in send("Q \(name)") })
     }
 
     private func receive() throws -> (String, Int32) {

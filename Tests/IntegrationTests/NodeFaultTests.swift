@@ -201,6 +201,52 @@ final class NodeFaultTests {
         }
     }
 
+    @Test("kill -9 of the node daemon under `ctr run -t`: the container keeps its terminal; input typed after the crash reaches it and its output arrives")
+    func terminalAcrossDaemonCrash() throws {
+        try ctr(["run", "--rm"] + kangaroo + [reference, "tty-warm", "true"], check: true)  // the daemon up first
+        let supervisors = nodeSupervisors(socket: node.sub("shim.sock"))
+        let worker = try #require(nodeDaemons(socket: node.sub("shim.sock")).first { pid in
+            let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+            return supervisors.contains { status.contains("PPid:\t\($0)\n") }
+        })
+        // ctr -t needs a terminal: a pty from Python; it kills the daemon
+        // once the container is up, then types a line.
+        let driver = """
+        import os, pty, sys, time, select, signal
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.execv(sys.argv[2], sys.argv[2:])
+        out, killed, typed, start = b"", 0.0, False, time.time()
+        while time.time() - start < 60:
+            if b"ready-1" in out and not killed:
+                os.kill(int(sys.argv[1]), signal.SIGKILL); killed = time.time()
+            if killed and not typed and time.time() - killed > 2.0:
+                os.write(fd, b"abc\\n"); typed = True
+            r, _, _ = select.select([fd], [], [], 0.1)
+            if r:
+                try: data = os.read(fd, 65536)
+                except OSError: break
+                if not data: break
+                out += data
+        sys.stdout.write(out.decode(errors="replace"))
+        _, status = os.waitpid(pid, 0)
+        sys.exit(os.waitstatus_to_exitcode(status))
+        """
+        let script = "echo ready-1; read line; echo got-$line; for i in 1 2 3; do echo tick-$i; sleep 0.2; done; exit 4"
+        let r = try run("/usr/bin/python3", ["-c", driver, "\(worker)", "/usr/bin/ctr"] + containerd.ctr
+                        + ["run", "--rm", "-t"] + kangaroo + [reference, "tty-crash", "sh", "-c", script])
+        #expect(r.stdout.contains("got-abc") && r.stdout.contains("tick-3"), "\(r.output)\n\(nodeLog)")
+        #expect(r.status == 4, "\(r.output)")
+        #expect(kill(worker, 0) != 0, "the daemon was not killed")
+        #expect(nodeLog.contains("terminal taken over"), "\(nodeLog)")
+        // Nothing of the terminal is left with the daemon or the supervisor.
+        for pid in nodeDaemons(socket: node.sub("shim.sock")) + supervisors {
+            let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
+            let ptys = fds.filter { ((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)")) ?? "") == "/dev/ptmx" }
+            #expect(ptys.isEmpty, "process \(pid) still holds \(ptys.count) pty masters")
+        }
+    }
+
     @Test("kill -9 of the supervisor: the daemon serves on, unsupervised, and says so; its tasks stay managed")
     func supervisorKilled() throws {
         try ctr(["run", "-d"] + kangaroo + [reference, "sv-1", "sleep", "1000"], check: true)
