@@ -209,32 +209,11 @@ final class NodeFaultTests {
             let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
             return supervisors.contains { status.contains("PPid:\t\($0)\n") }
         })
-        // ctr -t needs a terminal: a pty from Python; it kills the daemon
-        // once the container is up, then types a line.
-        let driver = """
-        import os, pty, sys, time, select, signal
-        pid, fd = pty.fork()
-        if pid == 0:
-            os.execv(sys.argv[2], sys.argv[2:])
-        out, killed, typed, start = b"", 0.0, False, time.time()
-        while time.time() - start < 60:
-            if b"ready-1" in out and not killed:
-                os.kill(int(sys.argv[1]), signal.SIGKILL); killed = time.time()
-            if killed and not typed and time.time() - killed > 2.0:
-                os.write(fd, b"abc\\n"); typed = True
-            r, _, _ = select.select([fd], [], [], 0.1)
-            if r:
-                try: data = os.read(fd, 65536)
-                except OSError: break
-                if not data: break
-                out += data
-        sys.stdout.write(out.decode(errors="replace"))
-        _, status = os.waitpid(pid, 0)
-        sys.exit(os.waitstatus_to_exitcode(status))
-        """
+        // On a pty (ctr -t needs one): the daemon is killed once the
+        // container is up, and a line typed 2 s later.
         let script = "echo ready-1; read line; echo got-$line; for i in 1 2 3; do echo tick-$i; sleep 0.2; done; exit 4"
-        let r = try run("/usr/bin/python3", ["-c", driver, "\(worker)", "/usr/bin/ctr"] + containerd.ctr
-                        + ["run", "--rm", "-t"] + kangaroo + [reference, "tty-crash", "sh", "-c", script])
+        let r = try runOnTerminal(["/usr/bin/ctr"] + containerd.ctr + ["run", "--rm", "-t"] + kangaroo + [reference, "tty-crash", "sh", "-c", script],
+                                  input: "abc\n", typeAfter: 2.0, marker: "ready-1", kill: worker)
         #expect(r.stdout.contains("got-abc") && r.stdout.contains("tick-3"), "\(r.output)\n\(nodeLog)")
         #expect(r.status == 4, "\(r.output)")
         #expect(kill(worker, 0) != 0, "the daemon was not killed")

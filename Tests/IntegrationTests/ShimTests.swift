@@ -185,27 +185,7 @@ final class ShimTests {
     /// types `input` once it runs, and returns what the terminal showed and
     /// ctr's exit status.
     func onTerminal(_ args: [String], input: String) throws -> CommandResult {
-        let driver = """
-        import os, pty, sys, time, fcntl, termios, struct, select
-        pid, fd = pty.fork()
-        if pid == 0:
-            os.execv(sys.argv[1], sys.argv[1:])
-        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-        out, sent, start = b"", False, time.time()
-        while time.time() - start < 60:
-            if not sent and time.time() - start > 1.0:
-                os.write(fd, sys.stdin.read().encode()); sent = True
-            r, _, _ = select.select([fd], [], [], 0.2)
-            if r:
-                try: data = os.read(fd, 65536)
-                except OSError: break
-                if not data: break
-                out += data
-        sys.stdout.write(out.decode(errors="replace"))
-        _, status = os.waitpid(pid, 0)
-        sys.exit(os.waitstatus_to_exitcode(status))
-        """
-        return try run("/usr/bin/python3", ["-c", driver, "/usr/bin/ctr"] + containerd.ctr + args, stdin: input)
+        try runOnTerminal(["/usr/bin/ctr"] + containerd.ctr + args, input: input)
     }
 
     @Test("ctr run -t and ctr task exec -t: a terminal sized by ctr, input typed and output shown, as under runc's shim")

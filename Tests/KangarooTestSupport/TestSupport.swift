@@ -114,3 +114,40 @@ public func procText(_ path: String) -> String? {
     }
     return String(decoding: bytes, as: UTF8.self)
 }
+
+/// Runs `command` on a pty of 30 rows by 100 columns (`ctr -t` needs a
+/// terminal) and returns what it printed and its exit status. `input` is
+/// typed `typeAfter` seconds after the start or, with `marker`, after the
+/// marker appears in the output, at which point `kill` (a pid), if given,
+/// is sent SIGKILL. Gives up after 60 s.
+public func runOnTerminal(_ command: [String], input: String, typeAfter: Double = 1.0, marker: String? = nil,
+                          kill pid: Int32? = nil) throws -> CommandResult {
+    let driver = """
+    import json, os, pty, sys, time, fcntl, termios, struct, select, signal
+    opts, cmd = json.loads(sys.argv[1]), sys.argv[2:]
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(cmd[0], cmd)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    out, sent, start = b"", False, time.time()
+    since = None if opts["marker"] else start
+    while time.time() - start < 60:
+        if since is None and opts["marker"].encode() in out:
+            if opts["kill"]: os.kill(opts["kill"], signal.SIGKILL)
+            since = time.time()
+        if not sent and since is not None and time.time() - since > opts["after"]:
+            os.write(fd, opts["input"].encode()); sent = True
+        r, _, _ = select.select([fd], [], [], 0.1)
+        if r:
+            try: data = os.read(fd, 65536)
+            except OSError: break
+            if not data: break
+            out += data
+    sys.stdout.write(out.decode(errors="replace"))
+    _, status = os.waitpid(pid, 0)
+    sys.exit(os.waitstatus_to_exitcode(status))
+    """
+    let options: [String: Any] = ["input": input, "after": typeAfter, "marker": marker ?? "", "kill": pid.map(Int.init) ?? 0]
+    let json = String(decoding: try JSONSerialization.data(withJSONObject: options), as: UTF8.self)
+    return try run("/usr/bin/python3", ["-c", driver, json] + command)
+}
