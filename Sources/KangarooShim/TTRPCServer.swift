@@ -14,7 +14,14 @@ import Glibc
 /// (containerd sends its namespace as "containerd-namespace-ttrpc").
 public struct TTRPCRequestContext: Sendable {
     public var metadata: [(key: String, value: String)]
-    public init(metadata: [(key: String, value: String)] = []) { self.metadata = metadata }
+    /// A request a previous daemon had read and died before answering:
+    /// part of its work may be done (a service makes such a request
+    /// idempotent where it can).
+    public var replayed: Bool
+    public init(metadata: [(key: String, value: String)] = [], replayed: Bool = false) {
+        self.metadata = metadata
+        self.replayed = replayed
+    }
     public func value(_ key: String) -> String? { metadata.first { $0.key == key }?.value }
 }
 
@@ -170,7 +177,7 @@ public final class TTRPCServer: Sendable {
             let dispatcher = self.dispatcher
             let path = directory + "/" + name
             Task(executorPreference: TTRPCServerHandler.executor) {
-                let response = await dispatcher.respond(to: [UInt8](data))
+                let response = await dispatcher.respond(to: [UInt8](data), replayed: true)
                 let bytes: [UInt8] = (try? response.serializedBytes()) ?? []
                 try? await channel.writeAndFlush(TTRPCFrame(streamID: stream, kind: .response, data: bytes))
                 unlink(path)
@@ -271,7 +278,7 @@ struct TTRPCDispatcher: Sendable {
     let logger: Logger
     let stats: TTRPCRequestStats
 
-    func respond(to data: [UInt8]) async -> Ttrpc_Response {
+    func respond(to data: [UInt8], replayed: Bool = false) async -> Ttrpc_Response {
         var response = Ttrpc_Response()
         func fail(_ e: ShimError) -> Ttrpc_Response {
             var status = Ttrpc_Status()
@@ -291,7 +298,7 @@ struct TTRPCDispatcher: Sendable {
         var failed = true
         defer { stats.record(service: request.service, method: request.method, seconds: started.duration(to: .now).seconds, failed: failed) }
         do {
-            let context = TTRPCRequestContext(metadata: request.metadata.map { ($0.key, $0.value) })
+            let context = TTRPCRequestContext(metadata: request.metadata.map { ($0.key, $0.value) }, replayed: replayed)
             response.payload = Data(try await service.handle(method: request.method, payload: [UInt8](request.payload), context: context))
             failed = false
             return response

@@ -115,8 +115,10 @@ public actor TaskService: TTRPCService {
             ns = await namespace(of: id) ?? "default"
         }
         switch method {
-        case "Create": return try await unary(payload, Containerd_Task_V2_CreateTaskRequest.self) { try await self.create(ns, $0) }
-        case "Start": return try await unary(payload, Containerd_Task_V2_StartRequest.self) { try await self.start(ns, $0) }
+        case "Create":
+            return try await unary(payload, Containerd_Task_V2_CreateTaskRequest.self) { try await self.create(ns, $0, replayed: context.replayed) }
+        case "Start":
+            return try await unary(payload, Containerd_Task_V2_StartRequest.self) { try await self.start(ns, $0, replayed: context.replayed) }
         case "State": return try await unary(payload, Containerd_Task_V2_StateRequest.self) { try await self.state(ns, $0) }
         case "Wait": return try await unary(payload, Containerd_Task_V2_WaitRequest.self) { try await self.wait(ns, $0) }
         case "Kill": return try await unary(payload, Containerd_Task_V2_KillRequest.self) { try await self.kill(ns, $0) }
@@ -328,10 +330,23 @@ public actor TaskService: TTRPCService {
         return t
     }
 
-    func create(_ ns: String, _ r: Containerd_Task_V2_CreateTaskRequest) async throws -> Containerd_Task_V2_CreateTaskResponse {
+    /// `replayed`: the previous daemon read this Create and died; what it
+    /// got done is taken as the answer (its task), or undone (a container
+    /// or rootfs mount it left half made) and done again.
+    func create(_ ns: String, _ r: Containerd_Task_V2_CreateTaskRequest, replayed: Bool = false) async throws -> Containerd_Task_V2_CreateTaskResponse {
         let key = Key(namespace: ns, id: r.id)
         guard !r.id.isEmpty else { throw ShimError(.invalidArgument, "Create: empty task id") }
+        if replayed, let t = tasks[key] {
+            var response = Containerd_Task_V2_CreateTaskResponse()
+            response.pid = UInt32(t.initProcess.pid)
+            return response
+        }
         guard tasks[key] == nil else { throw ShimError(.alreadyExists, "task \(r.id) already exists in namespace \(ns)") }
+        if replayed {
+            let runtime = self.runtime(ns), id = r.id
+            _ = try? await blocking { try runtime.delete(id: id, force: true) }
+            Mounts.detachAll(under: [r.bundle + "/rootfs"])
+        }
         guard r.checkpoint.isEmpty else { throw ShimError(.unimplemented, "Create \(r.id): restore from a checkpoint is not supported") }
         var undo = UndoList()
         defer { undo.run() }
@@ -441,7 +456,10 @@ public actor TaskService: TTRPCService {
                                                  "exec": "\(exec ?? "")", "status": "\(code)"])
     }
 
-    func start(_ ns: String, _ r: Containerd_Task_V2_StartRequest) async throws -> Containerd_Task_V2_StartResponse {
+    /// `replayed`: the previous daemon read this Start and died, maybe
+    /// after releasing the init: an init that is no longer waiting is the
+    /// answer, not an error.
+    func start(_ ns: String, _ r: Containerd_Task_V2_StartRequest, replayed: Bool = false) async throws -> Containerd_Task_V2_StartResponse {
         let key = Key(namespace: ns, id: r.id)
         var t = try record(key)
         let runtime = self.runtime(ns)
@@ -454,7 +472,9 @@ public actor TaskService: TTRPCService {
                 startsInProgress.remove(key)
                 if let status = deferredExits.removeValue(forKey: key) { exited(key, exec: nil, status: status) }
             }
-            do { try await blocking { try runtime.start(id: id) } } catch {
+            do { try await blocking { try runtime.start(id: id) } } catch let e as RuntimeError where replayed && e.code == .invalidState {
+                logger.info("replayed Start: the previous daemon had started the task", metadata: ["container": "\(id)"])
+            } catch {
                 throw ShimError(.failedPrecondition, "Start \(id): \(error)", underlying: error)
             }
             t = try record(key)

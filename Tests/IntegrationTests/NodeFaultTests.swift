@@ -29,6 +29,18 @@ final class NodeFaultTests {
 
     var nodeLog: String { String(((try? String(contentsOfFile: node.sub("node.log"), encoding: .utf8)) ?? "").suffix(3000)) }
 
+    /// The lazy mount servers' logs (the first server's and the takeovers'),
+    /// their last lines: what a failed read says about itself.
+    var mountLogs: String {
+        var paths = ((try? FileManager.default.contentsOfDirectory(atPath: node.sub("run"))) ?? [])
+            .filter { $0.hasSuffix(".log") }.map { node.sub("run/" + $0) }
+        let images = node.sub("root/snapshotter/images")
+        paths += ((try? FileManager.default.contentsOfDirectory(atPath: images)) ?? []).map { images + "/" + $0 + "/mount.log" }
+        return paths.compactMap { path in
+            (try? String(contentsOfFile: path, encoding: .utf8)).map { "== \(path)\n" + String($0.suffix(2000)) }
+        }.joined(separator: "\n")
+    }
+
     @discardableResult
     func ctr(_ args: [String], check: Bool = false) throws -> CommandResult {
         try run("/usr/bin/ctr", containerd.ctr + args, check: check)
@@ -304,7 +316,7 @@ final class NodeFaultTests {
         for (p, out) in readers {
             p.waitUntilExit()
             let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            #expect(p.terminationStatus == 0 && text == oracle, "\(text) vs runc \(oracle)\n\(nodeLog)")
+            #expect(p.terminationStatus == 0 && text == oracle, "\(text) vs runc \(oracle)\n\(nodeLog)\n\(mountLogs)")
         }
         // kangaroo node status counts the takeovers.
         let status = try run(TestEnv.kangaroo, ["node", "status", "--json", "--shim-socket", node.sub("shim.sock")], check: true).stdout
