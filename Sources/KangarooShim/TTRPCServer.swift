@@ -55,8 +55,6 @@ public final class TTRPCServer: Sendable {
     public let path: String
     let dispatcher: TTRPCDispatcher
     var logger: Logger { dispatcher.logger }
-    /// Requests served, by method, with the time spent answering them.
-    public var requests: TTRPCRequestStats { dispatcher.stats }
     private let channel = Mutex<(any Channel)?>(nil)
 
     /// How a supervised server (see `serve(listening:...)`) tells its

@@ -84,10 +84,11 @@ public actor TaskService: TTRPCService {
         self.consoleKeeper = consoleKeeper
     }
 
-    nonisolated func handover(_ key: Key, exec: String?) -> Terminal.Handover? {
-        guard let k = consoleKeeper else { return nil }
-        let name = key.namespace + "/" + key.id + "/" + (exec ?? "")
-        return Terminal.Handover(keep: { k.keep(name, $0, $1, $2) }, release: { k.release(name) })
+    /// A process's terminal name for the console keeper.
+    nonisolated func consoleName(_ key: Key, exec: String?) -> String { key.namespace + "/" + key.id + "/" + (exec ?? "") }
+
+    nonisolated func keeper(_ key: Key, exec: String?) -> (ConsoleKeeper, name: String)? {
+        consoleKeeper.map { ($0, consoleName(key, exec: exec)) }
     }
 
     nonisolated func runtime(_ namespace: String) -> Runtime {
@@ -234,14 +235,14 @@ public actor TaskService: TTRPCService {
                 // A terminal's relay again, on the descriptors the
                 // supervisor kept (pty master, stdin and stdout fifos).
                 for exec in [nil] + p.execs.keys.map(Optional.some) {
-                    let name = key.namespace + "/" + key.id + "/" + (exec ?? "")
+                    let name = consoleName(key, exec: exec)
                     guard let fds = consoles.removeValue(forKey: name) else { continue }
                     guard fds.count == 3, fds[0] >= 0 else {
                         for fd in fds where fd >= 0 { close(fd) }
                         consoleKeeper?.release(name)
                         continue
                     }
-                    let terminal = Terminal(master: fds[0], stdinFD: fds[1], stdoutFD: fds[2], handover: handover(key, exec: exec))
+                    let terminal = Terminal(master: fds[0], stdinFD: fds[1], stdoutFD: fds[2], keeper: keeper(key, exec: exec))
                     if let exec { tasks[key]?.execs[exec]?.console = terminal } else { tasks[key]?.initProcess.console = terminal }
                     logger.info("terminal taken over", metadata: ["container": "\(key.id)", "exec": "\(exec ?? "")"])
                 }
@@ -385,7 +386,7 @@ public actor TaskService: TTRPCService {
         if let socket {
             let master = try socket.receive(what: "task \(id)")
             process.console = try Terminal(master: master, stdin: r.stdin, stdout: r.stdout, what: "task \(id)",
-                                           handover: handover(key, exec: nil))
+                                           keeper: keeper(key, exec: nil))
         }
         undo.disarm()
         put(key, TaskRecord(bundle: r.bundle, rootfsMounted: mounted, initProcess: process))
@@ -513,7 +514,7 @@ public actor TaskService: TTRPCService {
         if let socket {
             do {
                 console = try Terminal(master: try socket.receive(what: "exec \(r.execID)"), stdin: p.stdin, stdout: p.stdout,
-                                       what: "exec \(r.execID)", handover: handover(key, exec: r.execID))
+                                       what: "exec \(r.execID)", keeper: keeper(key, exec: r.execID))
             } catch {
                 Glibc.kill(pid, SIGKILL)
                 throw error

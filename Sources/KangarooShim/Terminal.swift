@@ -10,23 +10,15 @@ import Glibc
 /// stdout) by two threads, and resized on ResizePty.
 final class Terminal: Sendable {
     let master: Int32
-    let stdinFD: Int32
-    let stdoutFD: Int32
-    private let handover: Handover?
-
-    /// Copies of a terminal's descriptors kept outside this process (by
-    /// the node supervisor), so that the pty and containerd's fifos outlive
-    /// a daemon crash: `keep` before the relays start, `release` once the
-    /// output relay has ended (containerd waits for the fifo's EOF before
-    /// it deletes the task, and a kept copy would hold it back).
-    struct Handover: Sendable {
-        var keep: @Sendable (_ master: Int32, _ stdin: Int32, _ stdout: Int32) -> Void
-        var release: @Sendable () -> Void
-        init(keep: @escaping @Sendable (Int32, Int32, Int32) -> Void, release: @escaping @Sendable () -> Void) {
-            self.keep = keep
-            self.release = release
-        }
-    }
+    private let stdinFD: Int32
+    private let stdoutFD: Int32
+    /// Where copies of the three descriptors are kept outside this process
+    /// (the node supervisor), and this terminal's name there, so that the
+    /// pty and containerd's fifos outlive a daemon crash: kept before the
+    /// relays start, released once the output relay has ended (containerd
+    /// waits for the fifo's EOF before it deletes the task, and a kept copy
+    /// would hold it back).
+    private let keeper: (TaskService.ConsoleKeeper, name: String)?
     private let stopping = Atomic<Bool>(false)
     private let outputDone = DispatchSemaphore(value: 0)
     private let stdinDone = DispatchSemaphore(value: 0)
@@ -72,7 +64,8 @@ final class Terminal: Sendable {
 
     /// Starts relaying between `master` and containerd's fifos `stdin`
     /// and `stdout` (empty: none). Takes `master`.
-    convenience init(master: Int32, stdin: String, stdout: String, what: String, handover: Handover? = nil) throws(ShimError) {
+    convenience init(master: Int32, stdin: String, stdout: String, what: String,
+                     keeper: (TaskService.ConsoleKeeper, name: String)? = nil) throws(ShimError) {
         var inFD: Int32 = -1, outFD: Int32 = -1
         if !stdin.isEmpty {
             inFD = open(stdin, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
@@ -91,17 +84,17 @@ final class Terminal: Sendable {
                 throw ShimError(.invalidArgument, "\(what): open \(stdout): \(String(cString: strerror(e)))")
             }
         }
-        self.init(master: master, stdinFD: inFD, stdoutFD: outFD, handover: handover)
+        self.init(master: master, stdinFD: inFD, stdoutFD: outFD, keeper: keeper)
     }
 
     /// Relays between descriptors already open (-1: none), as a restarted
     /// daemon gets them back from its supervisor. Takes all three.
-    init(master: Int32, stdinFD: Int32, stdoutFD: Int32, handover: Handover? = nil) {
+    init(master: Int32, stdinFD: Int32, stdoutFD: Int32, keeper: (TaskService.ConsoleKeeper, name: String)? = nil) {
         self.master = master
         self.stdinFD = stdinFD
         self.stdoutFD = stdoutFD
-        self.handover = handover
-        handover?.keep(master, stdinFD, stdoutFD)
+        self.keeper = keeper
+        if let (k, name) = keeper { k.keep(name, master, stdinFD, stdoutFD) }
         Thread.detachNewThread { [self] in relayOutput() }
         if stdinFD >= 0 { Thread.detachNewThread { [self] in relayInput() } } else { stdinDone.signal() }
     }
@@ -128,7 +121,7 @@ final class Terminal: Sendable {
             }
         }
         if stdoutFD >= 0 { Glibc.close(stdoutFD) }
-        handover?.release()
+        if let (k, name) = keeper { k.release(name) }
         outputDone.signal()
     }
 

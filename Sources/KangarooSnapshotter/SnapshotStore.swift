@@ -396,7 +396,7 @@ public actor SnapshotStore {
                 try await pending.value
                 return
             }
-            // The check asks the FUSE server (statfs): off this actor, which
+            // The check may ask the FUSE server (stat): off this actor, which
             // must not wait on a busy server. A mount that came and went
             // meanwhile means: look again.
             let generation = mountsMade[remote.image, default: 0]

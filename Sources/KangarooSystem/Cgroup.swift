@@ -70,7 +70,7 @@ public struct CgroupLayout: Sendable, Equatable {
         parse(mountinfo: try FileSystem.readString("/proc/self/mountinfo"))
     }
 
-    private static let recent = Mutex<(layout: CgroupLayout, at: UInt64, namespace: UInt64)?>(nil)
+    private static let recent = Mutex<(layout: CgroupLayout, at: ContinuousClock.Instant, namespace: UInt64)?>(nil)
 
     /// `detect()`, reused for up to a second in the same mount namespace:
     /// the node daemon creates, kills and deletes containers by the hundred,
@@ -79,12 +79,10 @@ public struct CgroupLayout: Sendable, Equatable {
     public static func current() throws(Errno) -> CgroupLayout {
         var ns = stat()
         let namespace: UInt64 = stat("/proc/self/ns/mnt", &ns) == 0 ? UInt64(ns.st_ino) : 0
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        let ms = UInt64(now.tv_sec) * 1000 + UInt64(now.tv_nsec) / 1_000_000
-        if let r = recent.withLock({ $0 }), r.namespace == namespace, ms &- r.at < 1000 { return r.layout }
+        let now = ContinuousClock.now
+        if let r = recent.withLock({ $0 }), r.namespace == namespace, now - r.at < .seconds(1) { return r.layout }
         let layout = try detect()
-        recent.withLock { $0 = (layout, ms, namespace) }
+        recent.withLock { $0 = (layout, now, namespace) }
         return layout
     }
 
