@@ -467,6 +467,12 @@ public actor TaskService: TTRPCService {
         let id = r.id
         var response = Containerd_Task_V2_StartResponse()
         if r.execID.isEmpty {
+            if replayed && t.initProcess.state != .created {
+                // The previous daemon started it and recorded so, then died
+                // before answering.
+                response.pid = UInt32(t.initProcess.pid)
+                return response
+            }
             guard t.initProcess.state == .created else { throw ShimError(.failedPrecondition, "task \(id) is already started") }
             startsInProgress.insert(key)
             defer {
