@@ -21,6 +21,7 @@ let package = Package(
         .executable(name: "kangaroo", targets: ["kangaroo"]),
         .executable(name: "kangaroo-runtime", targets: ["kangaroo-runtime"]),
         .executable(name: "containerd-shim-kangaroo-v2", targets: ["containerd-shim-kangaroo-v2"]),
+        .executable(name: "kangaroo-cni", targets: ["kangaroo-cni"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -66,6 +67,12 @@ let package = Package(
         ]),
         .target(name: "KangarooLazyFS", dependencies: ["KangarooImage", "KangarooFUSE", "KangarooSystem", "CKangaroo"]),
         .target(name: "KangarooRuntime", dependencies: ["KangarooSystem", "CSeccomp"]),
+        // The node's pod network: rtnetlink, the bridge and nftables table,
+        // the pool of veth pairs, the CNI plugin protocol.
+        .target(name: "KangarooNetwork", dependencies: [
+            "KangarooSystem", "CKangaroo",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         // containerd's shim v2, events, snapshots and ttrpc messages
         // (generated once by scripts/gen-protos.sh, committed).
         .target(name: "ContainerdAPI", dependencies: [
@@ -93,7 +100,7 @@ let package = Package(
 
         // Executables.
         .executableTarget(name: "kangaroo", dependencies: [
-            "KangarooOCI", "KangarooImage", "KangarooLazyFS", "KangarooSystem", "KangarooShim", "KangarooSnapshotter",
+            "KangarooOCI", "KangarooImage", "KangarooLazyFS", "KangarooSystem", "KangarooShim", "KangarooSnapshotter", "KangarooNetwork",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
@@ -102,6 +109,8 @@ let package = Package(
             "ContainerdAPI", "KangarooShim", "KangarooRuntime", "KangarooSystem",
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ], swiftSettings: staticSwiftCompile, linkerSettings: staticSwift),
+        // Run by containerd's CRI plugin per pod: no Foundation, no logging.
+        .executableTarget(name: "kangaroo-cni", dependencies: ["KangarooNetwork"], swiftSettings: staticSwiftCompile, linkerSettings: staticSwift),
         .executableTarget(name: "kangaroo-runtime", dependencies: ["KangarooRuntime"], swiftSettings: staticSwiftCompile, linkerSettings: staticSwift),
 
         // Tests (Swift Testing). IntegrationTests need root, the kernel and
@@ -112,8 +121,9 @@ let package = Package(
         .testTarget(name: "KangarooImageTests", dependencies: ["KangarooImage"]),
         .testTarget(name: "KangarooFUSETests", dependencies: ["KangarooFUSE"]),
         .testTarget(name: "KangarooLazyFSTests", dependencies: ["KangarooLazyFS", "KangarooTestSupport"]),
-        .testTarget(name: "KangarooRuntimeTests", dependencies: ["KangarooRuntime", "KangarooTestSupport"]),
+        .testTarget(name: "KangarooRuntimeTests", dependencies: ["KangarooRuntime", "KangarooSystem", "KangarooTestSupport"]),
         .testTarget(name: "KangarooShimTests", dependencies: ["ContainerdAPI", "KangarooShim", "KangarooSystem", "KangarooTestSupport"]),
+        .testTarget(name: "KangarooNetworkTests", dependencies: ["KangarooNetwork", "KangarooSystem"]),
         .testTarget(name: "KangarooSnapshotterTests", dependencies: ["ContainerdAPI", "KangarooSnapshotter"]),
         .testTarget(name: "IntegrationTests", dependencies: ["KangarooOCI", "KangarooImage", "KangarooSystem", "KangarooTestSupport"]),
         // Shared by the test targets that drive the CLI: command runner, temporary

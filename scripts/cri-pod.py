@@ -6,6 +6,10 @@ between runtime handlers.
     scripts/cri-pod.py SOCKET HANDLER IMAGE NAME [--containers N] [--keep]
     scripts/cri-pod.py SOCKET --remove-all
     scripts/cri-pod.py SOCKET --pull IMAGE   (127.0.0.1 registries only)
+    scripts/cri-pod.py SOCKET HANDLER IMAGE NAME --pod-network [--port HOST:CONTAINER] --keep
+        (a pod with its own network namespace through the CNI plugins of
+        containerd's conf_dir: prints its address, namespace path and the
+        container's /etc/resolv.conf too)
     scripts/cri-pod.py SOCKET HANDLER IMAGE NAME --bad image|command|mount|resources
         (a pod whose container is wrong in one way: prints the gRPC error of
         the failing call, then removes the pod)
@@ -40,6 +44,8 @@ def main():
     ap.add_argument("--log-dir", default=None)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--bad", choices=["image", "command", "mount", "resources"])
+    ap.add_argument("--pod-network", action="store_true", help="a network namespace of the pod's own (CNI) instead of the node's")
+    ap.add_argument("--port", action="append", default=[], metavar="HOST:CONTAINER", help="a TCP hostPort mapping (with --pod-network)")
     ap.add_argument("--pull", metavar="IMAGE", help="PullImage IMAGE (a 127.0.0.1 registry), print its id and time")
     a = ap.parse_args()
 
@@ -73,15 +79,29 @@ def main():
         raise SystemExit("image %s is not in containerd's k8s.io namespace" % a.image)
 
     t0 = time.monotonic()
-    pod_config = cri.PodSandboxConfig(
-        metadata=cri.PodSandboxMetadata(name=a.name, uid=a.name + "-uid", namespace="kangaroo-test", attempt=0),
-        # Host network: the pod shares the node's UTS namespace, so the
-        # kubelet sets no hostname (runc refuses one there).
-        log_directory=log_dir,
-        linux=cri.LinuxPodSandboxConfig(
-            security_context=cri.LinuxSandboxSecurityContext(
-                namespace_options=cri.NamespaceOption(network=cri.NODE, pid=cri.POD, ipc=cri.POD))),
-    )
+    if a.pod_network:
+        ports = [cri.PortMapping(protocol=cri.TCP, host_port=int(h), container_port=int(c))
+                 for h, c in (p.split(":") for p in a.port)]
+        pod_config = cri.PodSandboxConfig(
+            metadata=cri.PodSandboxMetadata(name=a.name, uid=a.name + "-uid", namespace="kangaroo-test", attempt=0),
+            hostname=a.name,
+            log_directory=log_dir,
+            dns_config=cri.DNSConfig(servers=["10.241.0.53"], searches=["svc.test"], options=["ndots:2"]),
+            port_mappings=ports,
+            linux=cri.LinuxPodSandboxConfig(
+                security_context=cri.LinuxSandboxSecurityContext(
+                    namespace_options=cri.NamespaceOption(network=cri.POD, pid=cri.POD, ipc=cri.POD))),
+        )
+    else:
+        pod_config = cri.PodSandboxConfig(
+            metadata=cri.PodSandboxMetadata(name=a.name, uid=a.name + "-uid", namespace="kangaroo-test", attempt=0),
+            # Host network: the pod shares the node's UTS namespace, so the
+            # kubelet sets no hostname (runc refuses one there).
+            log_directory=log_dir,
+            linux=cri.LinuxPodSandboxConfig(
+                security_context=cri.LinuxSandboxSecurityContext(
+                    namespace_options=cri.NamespaceOption(network=cri.NODE, pid=cri.POD, ipc=cri.POD))),
+        )
     pod = rt.RunPodSandbox(cri.RunPodSandboxRequest(config=pod_config, runtime_handler=a.handler), timeout=60).pod_sandbox_id
     out["sandbox_ready"] = rt.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=pod)).status.state == cri.SANDBOX_READY
 
@@ -104,7 +124,19 @@ def main():
         ids.append(cid)
     out["start_seconds"] = time.monotonic() - t0
     if a.keep:
-        print(json.dumps({"sandbox": pod, "containers": ids, "start_seconds": out["start_seconds"]}))
+        kept = {"sandbox": pod, "containers": ids, "start_seconds": out["start_seconds"]}
+        if a.pod_network:
+            st = rt.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=pod, verbose=True))
+            kept["ip"] = st.status.network.ip
+            info = json.loads(st.info.get("info", "{}"))
+            kept["pid"] = info.get("pid")
+            kept["netns"] = next((n.get("path") for n in info.get("runtimeSpec", {}).get("linux", {}).get("namespaces", [])
+                                  if n.get("type") == "network"), None)
+            ex = rt.ExecSync(cri.ExecSyncRequest(container_id=ids[0], cmd=["cat", "/etc/resolv.conf"], timeout=10), timeout=30)
+            kept["resolv_conf"] = ex.stdout.decode()
+            ex = rt.ExecSync(cri.ExecSyncRequest(container_id=ids[0], cmd=["hostname"], timeout=10), timeout=30)
+            kept["hostname"] = ex.stdout.decode().strip()
+        print(json.dumps(kept))
         return
 
     cid = ids[0]

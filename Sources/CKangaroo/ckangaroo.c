@@ -4,6 +4,7 @@
 // fork, strerror): the parent (the node daemon) is multi-threaded when it
 // clones, and a raw clone runs none of glibc's fork handlers.
 #define _GNU_SOURCE
+#include <sys/vfs.h>
 #include "ckangaroo.h"
 
 #include <errno.h>
@@ -43,6 +44,21 @@ int kr_pivot_root(const char *new_root, const char *put_old) {
 }
 
 int kr_setns(int fd, int nstype) { return setns(fd, nstype); }
+int kr_unshare(int flags) { return unshare(flags); }
+int kr_mount_beneath(const char *source, const char *target) {
+    int tree = (int)syscall(428 /* open_tree */, AT_FDCWD, source, 1 /* OPEN_TREE_CLONE */ | O_CLOEXEC);
+    if (tree < 0) return -errno;
+    int rc = (int)syscall(429 /* move_mount */, tree, "", AT_FDCWD, target,
+                          4 /* MOVE_MOUNT_F_EMPTY_PATH */ | 0x200 /* MOVE_MOUNT_BENEATH */);
+    int saved = errno;
+    close(tree);
+    return rc == 0 ? 0 : -saved;
+}
+long long kr_fs_type(const char *path) {
+    struct statfs fs;
+    if (statfs(path, &fs) != 0) return -errno;
+    return (long long)fs.f_type;
+}
 
 int kr_memfd_create(const char *name, unsigned int flags) {
     return (int)syscall(SYS_memfd_create, name, flags);

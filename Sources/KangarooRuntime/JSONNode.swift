@@ -1,3 +1,5 @@
+import KangarooSystem
+
 /// A JSON value with the path it was found at, for decoding config.json with
 /// errors that name the offending field (`linux.namespaces[2].type`).
 public struct JSONNode: Sendable {

@@ -1,3 +1,5 @@
+import KangarooSystem
+
 /// Documents printed by `spec` and `features`.
 extension Runtime {
     static let defaultCaps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]

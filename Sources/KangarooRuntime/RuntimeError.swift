@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import KangarooSystem
 
 /// The one error type of KangarooRuntime: a code, a message a user can act on
 /// and, where a syscall failed, its errno.

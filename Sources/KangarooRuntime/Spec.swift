@@ -1,3 +1,5 @@
+import KangarooSystem
+
 // OCI runtime-spec types (runtime-spec v1.1, config.md and config-linux.md),
 // decoded by hand from JSON so that every error names its JSON path.
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import KangarooLazyFS
+import KangarooNetwork
 import KangarooShim
 import KangarooSystem
 import Synchronization
@@ -49,6 +50,8 @@ struct NodeStatus: Codable, Sendable {
     var memory: Memory
     /// ttrpc requests answered, per method, with the time spent on them.
     var requests: [TTRPCRequestStats.Entry]
+    /// The pod networks whose pools the daemon keeps.
+    var networks: [NetworkStatus]?
 }
 
 /// The daemon's own ttrpc service `kangaroo.node.v1.Node` (method
@@ -66,10 +69,12 @@ final class NodeStatusService: TTRPCService, Sendable {
     let supervisorPID: Mutex<Int32?>
     let restarts: Int
     let requests: TTRPCRequestStats
+    let networks: [NetworkConfig]
 
     init(tasks: TaskService, keeper: FUSEKeeper?, root: String, socket: String, supervisorPID: Int32?, generation: Int,
-         requests: TTRPCRequestStats) {
+         requests: TTRPCRequestStats, networks: [NetworkConfig] = []) {
         self.tasks = tasks
+        self.networks = networks
         self.requests = requests
         self.keeper = keeper
         self.root = root
@@ -110,7 +115,7 @@ final class NodeStatusService: TTRPCService, Sendable {
                                        pssPerTaskKiB: running > 0 ? ((own?.pss ?? 0) + servers) / running : nil)
         return NodeStatus(pid: getpid(), supervisorPID: supervisorPID.withLock { $0 }, restarts: restarts, uptimeSeconds: Date().timeIntervalSince(started), shimSocket: socket, root: root,
                           metrics: metricsAddress.withLock { $0 }, tasks: list, sandboxes: pods.values.sorted { $0.id < $1.id }, mounts: mounts, memory: memory,
-                          requests: requests.snapshot())
+                          requests: requests.snapshot(), networks: networks.compactMap { try? NetworkStatus($0) })
     }
 
     /// RSS and PSS of a process in KiB (smaps_rollup).
@@ -155,6 +160,10 @@ final class NodeStatusService: TTRPCService, Sendable {
                s.requests.map { (labels($0), "\($0.failed)") })
         metric("ttrpc_request_seconds_total", "counter", "Seconds spent answering ttrpc requests, per method (Wait: until the exit).",
                s.requests.map { (labels($0), String(format: "%.6f", $0.seconds)) })
+        let nets = s.networks ?? []
+        metric("network_slots", "gauge", "Pod network addresses: in the pool (free), handed to pods (attached).",
+               nets.flatMap { n in [("network=\"\(n.name)\",state=\"free\"", "\(n.free)"), ("network=\"\(n.name)\",state=\"attached\"", "\(n.pods.count)")] })
+        metric("network_capacity", "gauge", "Pod addresses of the network's subnet.", nets.map { ("network=\"\($0.name)\"", "\($0.capacity)") })
         metric("uptime_seconds", "gauge", "Seconds since the daemon started.", [("", String(format: "%.1f", s.uptimeSeconds))])
         metric("restarts_total", "counter", "Daemons the supervisor started after one died.", [("", "\(s.restarts)")])
         return out
@@ -216,6 +225,10 @@ struct NodeStatusCommand: AsyncParsableCommand {
         print("\nMEMORY")
         print("daemon RSS \(s.memory.daemonRSSKiB) KiB, PSS \(s.memory.daemonPSSKiB) KiB; mount servers PSS \(s.memory.mountServersPSSKiB) KiB"
               + (s.memory.pssPerTaskKiB.map { "; \($0) KiB per running task" } ?? ""))
+        if let nets = s.networks, !nets.isEmpty {
+            print("\nNETWORKS")
+            for n in nets { n.lines.forEach { print($0) } }
+        }
         print("\nREQUESTS (ttrpc, since the daemon started)")
         if !s.requests.isEmpty {
             print(pad("METHOD", 40) + pad("COUNT", 9) + pad("FAILED", 8) + "MEAN MS")

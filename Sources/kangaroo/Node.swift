@@ -6,6 +6,7 @@ import KangarooShim
 import KangarooSnapshotter
 import KangarooSystem
 import Logging
+import KangarooNetwork
 import ServiceLifecycle
 
 /// `kangaroo node`: the node daemon (`node run`, the default) and `node
@@ -60,6 +61,9 @@ struct NodeRun: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error.", valueName: "level"))
     var logLevel: String = env["KANGAROO_LOG_LEVEL"] ?? "info"
 
+    @Option(name: .long, help: ArgumentHelp("Keep the pool of this pod network (a kangaroo-cni CNI configuration) filled; repeatable.", valueName: "config"))
+    var network: [String] = env["KANGAROO_NODE_NETWORK"].map { [$0] } ?? []
+
     @Flag(inversion: .prefixedNo, help: "Run the daemon under a supervisor that keeps containerd's connections and the containers' exits across a daemon crash and restarts it.")
     var supervise = true
 
@@ -74,6 +78,10 @@ struct NodeRun: AsyncParsableCommand {
             throw CLIError("node: --shim-socket none and --snapshotter-socket none: nothing to serve")
         }
         let metricsAddress = try metrics.map { try parseHostPort($0, option: "--metrics") }
+        let networks: [NetworkConfig]
+        do { networks = try network.map { p throws(NetworkError) in try NetworkConfig.load(p) } } catch {
+            throw CLIError("node: --network: \(error)")
+        }
         guard let mountPolicy = SnapshotStore.MountPolicy(rawValue: lazyMount) else {
             throw CLIError("node: --lazy-mount '\(lazyMount)' is not one of pull, first-use")
         }
@@ -84,6 +92,7 @@ struct NodeRun: AsyncParsableCommand {
                         "--log-level", logLevel, "--lazy-mount", lazyMount]
             if let events { args += ["--events", events] }
             if let metrics { args += ["--metrics", metrics] }
+            for n in network { args += ["--network", n] }
             let supervisor = NodeSupervisor(executable: exe, arguments: args, socket: shimSocket, readyFD: readyFD, logger: logger)
             Foundation.exit(try supervisor.run())
         }
@@ -119,7 +128,8 @@ struct NodeRun: AsyncParsableCommand {
         let snapshots = try await startSnapshotter(reaper: reaper, mountPolicy: mountPolicy, logger: logger)
         let requests = TTRPCRequestStats()
         let status = NodeStatusService(tasks: tasks, keeper: snapshots?.keeper, root: root, socket: shimSocket,
-                                       supervisorPID: link == nil ? nil : getppid(), generation: workerGeneration, requests: requests)
+                                       supervisorPID: link == nil ? nil : getppid(), generation: workerGeneration, requests: requests,
+                                       networks: networks)
         let server: TTRPCServer? = shimSocket == "none" ? nil
             : TTRPCServer(path: shimSocket, services: [tasks, status], logger: logger, requests: requests)
         if let link, let server {
@@ -168,6 +178,7 @@ struct NodeRun: AsyncParsableCommand {
         var services: [any Service] = []
         if let server { services.append(ShimServerService(server: server, publisher: publisher)) }
         if let snapshots { services.append(SnapshotterServerService(server: snapshots.server, task: snapshots.task)) }
+        if !networks.isEmpty { services.append(NetworkPoolService(configs: networks, logger: logger)) }
         let group = ServiceGroup(configuration: .init(services: services.map { .init(service: $0) },
                                                       gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()

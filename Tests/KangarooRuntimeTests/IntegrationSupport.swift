@@ -1,6 +1,7 @@
 import Foundation
 import KangarooTestSupport
 import Testing
+import KangarooSystem
 @testable import KangarooRuntime
 
 let integrationEnabled = ProcessInfo.processInfo.environment["KANGAROO_INTEGRATION"] == "1" && getuid() == 0

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import KangarooSystem
 @testable import KangarooRuntime
 
 /// Runs the same bundle under crun and kangaroo-runtime and compares what the

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import KangarooSystem
 @testable import KangarooRuntime
 
 @Suite(.enabled(if: integrationEnabled), .serialized)

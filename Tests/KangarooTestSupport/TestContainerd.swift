@@ -204,7 +204,7 @@ func nodeProcesses(socket: String) -> [(pid: Int32, command: String)] {
 /// containerd's CRI plugin section for the tests: the `pause` test image as
 /// sandbox image, handlers `runc` and `kangaroo`, `snapshotter` for every
 /// pod (with the annotations a remote snapshotter needs), CNI config in `node`.
-public func criConfig(node: TempDir, snapshotter: String) -> String {
+public func criConfig(node: TempDir, snapshotter: String, cniBin: String = "/usr/lib/cni") -> String {
     """
     [plugins."io.containerd.grpc.v1.cri"]
       sandbox_image = "kangaroo.test/pause:pause"
@@ -218,7 +218,7 @@ public func criConfig(node: TempDir, snapshotter: String) -> String {
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kangaroo]
           runtime_type = "io.containerd.kangaroo.v2"
       [plugins."io.containerd.grpc.v1.cri".cni]
-        bin_dir = "/usr/lib/cni"
+        bin_dir = "\(cniBin)"
         conf_dir = "\(node.sub("cni"))"
     """
 }

@@ -141,6 +141,13 @@ int kr_wait_forwarding(pid_t pid);
 // Thin syscall wrappers Glibc lacks.
 int kr_pivot_root(const char *new_root, const char *put_old);
 int kr_setns(int fd, int nstype);
+int kr_unshare(int flags);
+// A clone of the mount at `source` put beneath the top mount at `target`
+// (open_tree + move_mount MOVE_MOUNT_BENEATH, Linux 6.5): unmounting the top
+// then reveals it, with no instant where `target` has neither. 0 or -errno.
+int kr_mount_beneath(const char *source, const char *target);
+// statfs(2)'s f_type of `path` (a filesystem magic), or -errno.
+long long kr_fs_type(const char *path);
 int kr_memfd_create(const char *name, unsigned int flags);
 // pidfd_open(2) (close-on-exec) and pidfd_getfd(2): a descriptor for a
 // process, and a copy of one of its descriptors (same open file); -errno.

@@ -1,5 +1,6 @@
 import Testing
-@testable import KangarooRuntime
+import KangarooSystem
+
 
 @Suite struct JSONTests {
     @Test func parsesNestedDocumentAndKeepsNumberText() throws {

@@ -1,5 +1,5 @@
 // A small JSON reader and writer without Foundation, so that kangaroo-runtime
-// starts fast. Numbers keep their source text: OCI configs carry uint64 values
+// and kangaroo-cni start fast. Numbers keep their source text: OCI configs carry uint64 values
 // (rlimits, memory limits) that Double cannot represent exactly.
 
 public enum JSON: Sendable, Equatable {
@@ -30,7 +30,7 @@ public enum JSON: Sendable, Equatable {
         return nil
     }
 
-    var typeName: String {
+    public var typeName: String {
         switch self {
         case .null: return "null"
         case .bool: return "boolean"
@@ -273,6 +273,21 @@ extension JSON {
 }
 
 extension JSON {
-    public static func int(_ v: Int) -> JSON { .number(String(v)) }
+    public static func int<I: BinaryInteger>(_ v: I) -> JSON { .number(String(v)) }
     public static func uint64(_ v: UInt64) -> JSON { .number(String(v)) }
+}
+
+extension JSON {
+    /// The string of a `.string`, else nil.
+    public var string: String? { if case let .string(s) = self { s } else { nil } }
+    /// The integer of a `.number` that is one, else nil.
+    public var int: Int? { if case let .number(n) = self { Int(n) } else { nil } }
+    public var bool: Bool? { if case let .bool(b) = self { b } else { nil } }
+    public var array: [JSON]? { if case let .array(a) = self { a } else { nil } }
+    /// An object's members with `key` set to `value` (replaced, or added at the end).
+    public func setting(_ key: String, _ value: JSON) -> JSON {
+        guard case var .object(members) = self else { return self }
+        if let i = members.firstIndex(where: { $0.0 == key }) { members[i].1 = value } else { members.append((key, value)) }
+        return .object(members)
+    }
 }
