@@ -110,7 +110,10 @@ let package = Package(
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ], swiftSettings: staticSwiftCompile, linkerSettings: staticSwift),
         // Run by containerd's CRI plugin per pod: no Foundation, no logging.
-        .executableTarget(name: "kangaroo-cni", dependencies: ["KangarooNetwork"], swiftSettings: staticSwiftCompile, linkerSettings: staticSwift),
+        // Linked fully static (no dynamic loader: a third of its start was
+        // ld.so relocating libstdc++ and the runtime).
+        .executableTarget(name: "kangaroo-cni", dependencies: ["KangarooNetwork"], swiftSettings: staticSwiftCompile,
+                          linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
         .executableTarget(name: "kangaroo-runtime", dependencies: ["KangarooRuntime"], swiftSettings: staticSwiftCompile, linkerSettings: staticSwift),
 
         // Tests (Swift Testing). IntegrationTests need root, the kernel and

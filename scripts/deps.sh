@@ -13,6 +13,8 @@ PACKAGES=(
     fuse3 fio hyperfine iproute2 jq python3 curl
     # runtime references and clients
     crun runc containerd podman
+    # pod networks: nftables for kangaroo-cni, the reference CNI plugins (bridge, host-local, portmap) and their iptables
+    nftables containernetworking-plugins iptables
     # ctr-remote (image rpull: containerd pulls with the labels remote snapshotters read)
     stargz-snapshotter
 )
