@@ -358,7 +358,10 @@ public final class PodNetwork {
     /// `preparedNamespaces` off) a pair is made on the spot with its peer
     /// directly in the pod's namespace. A second ADD of the same container
     /// and interface answers the first one's attachment.
-    public func attach(containerID: String, ifname: String, netns: String, ports: [PortMapping] = []) throws(NetworkError) -> PodAttachment {
+    /// With `loopback`, lo is set up too (a namespace no CNI loopback plugin
+    /// sees: `kangaroo run`'s).
+    public func attach(containerID: String, ifname: String, netns: String, ports: [PortMapping] = [],
+                       loopback: Bool = false) throws(NetworkError) -> PodAttachment {
         try ensureNode()
         let target = open(netns, O_RDONLY | O_CLOEXEC)
         guard target >= 0 else {
@@ -367,12 +370,13 @@ public final class PodNetwork {
         defer { close(target) }
         let pod = try Netlink(netnsFD: target, name: netns)
         return try store.update { (state: inout PoolState) throws(NetworkError) -> PodAttachment in
-            try attachLocked(&state, containerID: containerID, ifname: ifname, netns: netns, target: target, pod: pod, ports: ports)
+            try attachLocked(&state, containerID: containerID, ifname: ifname, netns: netns, target: target, pod: pod, ports: ports,
+                             loopback: loopback)
         }
     }
 
     func attachLocked(_ state: inout PoolState, containerID: String, ifname: String, netns: String, target: Int32, pod: Netlink,
-                      ports: [PortMapping]) throws(NetworkError) -> PodAttachment {
+                      ports: [PortMapping], loopback: Bool) throws(NetworkError) -> PodAttachment {
             if let slot = state.slot(container: containerID, ifname: ifname) {
                 return try attachment(slot, fromPool: slot.pin != nil)
             }
@@ -408,7 +412,7 @@ public final class PodNetwork {
                 }
                 try makePair(number, peer: ifname, bridge: try bridgeLink().index, peerNetnsFD: target)
                 slot = Slot(number: number, state: .free)
-                do throws(NetworkError) { slot.podMAC = try configurePod(number, netnsFD: target, netns: netns, ifname: ifname, loopback: false) } catch {
+                do throws(NetworkError) { slot.podMAC = try configurePod(number, netnsFD: target, netns: netns, ifname: ifname, loopback: loopback) } catch {
                     _ = try? netlink.deleteLink(named: config.hostName(number))
                     throw error
                 }
@@ -568,6 +572,19 @@ public final class PodNetwork {
             state = PoolState()
         }
         FileSystem.removeTree(config.directory)
+    }
+}
+
+/// Network namespaces pinned on a file (as `ip netns add` and containerd
+/// make them): for `kangaroo run --network pod`.
+public enum NetworkNamespace {
+    public static func create(at path: String) throws(NetworkError) {
+        close(try PodNetwork.pinNewNamespace(path))
+    }
+
+    /// Unmounts and removes the pin (nothing when there is none).
+    public static func remove(at path: String) {
+        PodNetwork.unpin(path)
     }
 }
 

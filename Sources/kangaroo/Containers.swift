@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KangarooLazyFS
+import KangarooNetwork
 
 /// Drives the `kangaroo-runtime` binary.
 struct RuntimeClient {
@@ -273,6 +274,15 @@ func teardown(_ record: ContainerRecord, paths: StatePaths, runtime: RuntimeClie
     // never recurse into a still mounted root
     guard !ImageRootfs.isMounted(rootfs) else { throw CLIError("\(rootfs) is still mounted") }
     let dir = paths.container(record.id)
+    // --network pod: the pod network's slot, then the namespace's pin.
+    if let configPath = try? String(contentsOfFile: dir + "/network", encoding: .utf8) {
+        do {
+            try PodNetwork(config: try RunCommand.loadNetwork(configPath)).detach(containerID: record.id, ifname: "eth0")
+        } catch {
+            throw CLIError("cannot take container \(record.id) off its pod network: \(error)")
+        }
+        NetworkNamespace.remove(at: dir + "/netns")
+    }
     if FileManager.default.fileExists(atPath: dir) { try FileManager.default.removeItem(atPath: dir) }
     try ImageRootfs.release(paths, record.imageKey)
 }

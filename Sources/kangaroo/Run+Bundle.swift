@@ -84,7 +84,10 @@ struct BundleConfig: Encodable {
     }
     struct Root: Encodable { var path: String; var readonly: Bool }
     struct MountSpec: Encodable { var destination, type, source: String; var options: [String] }
-    struct Namespace: Encodable { var type: String }
+    struct Namespace: Encodable {
+        var type: String
+        var path: String? = nil
+    }
     struct DeviceRule: Encodable { var allow: Bool; var access: String }
     struct Memory: Encodable { var limit: Int64 }
     struct CPU: Encodable { var quota: Int64; var period: UInt64 }
@@ -115,7 +118,8 @@ struct BundleConfig: Encodable {
     /// config; `rootfs` is the mounted root, read (without following
     /// symlinks out of it) to resolve a user name.
     static func make(id: String, hostname: String, image: ImageConfiguration.Config?, command: [String],
-                     extraEnv: [String], memory: Int64?, cpus: Double?, rootfs: String) throws -> BundleConfig {
+                     extraEnv: [String], memory: Int64?, cpus: Double?, rootfs: String,
+                     network: String = "none", netns: String? = nil) throws -> BundleConfig {
         let args = (image?.entrypoint ?? []) + (command.isEmpty ? (image?.cmd ?? []) : command)
         guard !args.isEmpty else { throw CLIError("the image has no Entrypoint or Cmd: give a COMMAND") }
         var env = image?.env ?? []
@@ -152,7 +156,8 @@ struct BundleConfig: Encodable {
                 resources: Resources(devices: [DeviceRule(allow: false, access: "rwm")],
                                      memory: memory.map { Memory(limit: $0) },
                                      cpu: cpus.map { CPU(quota: Int64(($0 * 100_000).rounded()), period: 100_000) }),
-                namespaces: ["pid", "ipc", "uts", "mount", "network", "cgroup"].map(Namespace.init),
+                namespaces: ["pid", "ipc", "uts", "mount", "cgroup"].map { Namespace(type: $0) }
+                    + (network == "host" ? [] : [Namespace(type: "network", path: netns)]),
                 maskedPaths: ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
                               "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
                 readonlyPaths: ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]))

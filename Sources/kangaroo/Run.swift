@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KangarooImage
+import KangarooNetwork
 import KangarooOCI
 
 /// `kangaroo run`: image -> lazy mount (registry images) or kernel EROFS
@@ -30,6 +31,10 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: "CPUs (fractions allowed): CFS quota over a 100 ms period.") var cpus: Double?
     @Option(name: [.short, .long], help: "Set an environment variable (KEY=VALUE).") var env: [String] = []
     @Flag(name: [.long, .customLong("timing")], help: "Print to stderr how long the steps took.") var time = false
+    @Option(help: ArgumentHelp("none: a network namespace of its own with loopback only; host: the node's; pod: its own on the node's pod network (kangaroo-cni's, from --network-config), with an address, a route out through NAT.", valueName: "mode"))
+    var network: String = "none"
+    @Option(help: ArgumentHelp("The pod network's configuration for --network pod (a kangaroo-cni .conf/.conflist); without the file, the built-in default (bridge kgr0, 10.77.0.0/16).", valueName: "path"))
+    var networkConfig: String = RunCommand.defaultNetworkConfig
     @Flag(inversion: .prefixedNo, help: "Mount the image lazily (data fetched on first read); default: on for registry references only.")
     var lazy: Bool?
     @Argument(help: "The image (store name, registry reference or oci:DIR:TAG).") var image: String
@@ -51,6 +56,8 @@ struct RunCommand: AsyncParsableCommand {
                 return Int64(n)
             }
             if let cpus, !(cpus > 0 && cpus <= 1024) { throw CLIError("--cpus must be > 0") }
+            guard ["none", "host", "pod"].contains(network) else { throw CLIError("--network '\(network)' is not one of none, host, pod") }
+            let podNetwork = network == "pod" ? try Self.loadNetwork(networkConfig) : nil
             if let name, !Self.validName(name) {
                 throw CLIError("--name '\(name)' must be 1-63 characters of a-z A-Z 0-9 . - and start with a letter or digit")
             }
@@ -110,15 +117,24 @@ struct RunCommand: AsyncParsableCommand {
             }
             marks.append(("overlay", Date()))
 
-            // 4. the bundle
+            // 4. the network (recorded first, so teardown finds it)
             let rootfs = r.rootfs(paths)
+            var netns: String?
+            if let podNetwork {
+                try Self.attachNetwork(podNetwork, configPath: networkConfig, id: id, dir: dir, rootfs: rootfs)
+                netns = dir + "/netns"
+                marks.append(("network", Date()))
+            }
+
+            // 5. the bundle
             try RootFile.write(rootfs, ["etc", "hostname"], cname + "\n")
             try RootFile.write(rootfs, ["etc", "hosts"], "127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t\(cname)\n")
             let config = try BundleConfig.make(id: id, hostname: cname, image: imageConfig, command: command,
-                                               extraEnv: env, memory: memoryLimit, cpus: cpus, rootfs: rootfs)
+                                               extraEnv: env, memory: memoryLimit, cpus: cpus, rootfs: rootfs,
+                                               network: network, netns: netns)
             try config.write(to: dir + "/config.json")
 
-            // 5. the container
+            // 6. the container
             if detach {
                 let logPath = dir + "/output.log"
                 FileManager.default.createFile(atPath: logPath, contents: nil)
@@ -159,6 +175,31 @@ struct RunCommand: AsyncParsableCommand {
                 }
             }
             fail(error)
+        }
+    }
+
+    static let defaultNetworkConfig = "/etc/kangaroo/network.conf"
+
+    static func loadNetwork(_ path: String) throws -> NetworkConfig {
+        if path == defaultNetworkConfig && !FileManager.default.fileExists(atPath: path) { return NetworkConfig() }
+        do { return try NetworkConfig.load(path) } catch { throw CLIError("--network-config: \(error)") }
+    }
+
+    /// The container's namespace pinned at DIR/netns on the pod network; the
+    /// configuration's path in DIR/network for teardown; resolv.conf from
+    /// the configuration's DNS servers, if it names any.
+    static func attachNetwork(_ config: NetworkConfig, configPath: String, id: String, dir: String, rootfs: String) throws {
+        try configPath.write(toFile: dir + "/network", atomically: true, encoding: .utf8)
+        do {
+            try NetworkNamespace.create(at: dir + "/netns")
+            _ = try PodNetwork(config: config).attach(containerID: id, ifname: "eth0", netns: dir + "/netns", loopback: true)
+        } catch {
+            throw CLIError("--network pod: \(error)")
+        }
+        if let servers = config.dns?["nameservers"]?.array?.compactMap(\.string), !servers.isEmpty {
+            let search = config.dns?["search"]?.array?.compactMap(\.string) ?? []
+            try RootFile.write(rootfs, ["etc", "resolv.conf"],
+                               servers.map { "nameserver \($0)\n" }.joined() + (search.isEmpty ? "" : "search \(search.joined(separator: " "))\n"))
         }
     }
 

@@ -334,4 +334,38 @@ struct NetworkTests {
         #expect(text.contains("kangaroo_node_network_slots{network=\"\(net.name)\",state=\"free\"} 3")
                 && text.contains("kangaroo_node_network_slots{network=\"\(net.name)\",state=\"attached\"} 3"), "\(text.suffix(1500))")
     }
+
+    @Test("kangaroo run --network pod|host|none: an address on the pod network and a way out, the node's network, loopback only")
+    func runNetworks() throws {
+        let net = try TestNetwork(16, poolSize: 0)
+        let f = try RunFixture()
+        // A server on the node, reached through the bridge's address.
+        let node = try TempDir("run-net-srv")
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        server.arguments = ["python3", "-m", "http.server", "18416", "--bind", "0.0.0.0", "--directory", node.path]
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
+        try "reached-the-node\n".write(toFile: node.sub("ok"), atomically: true, encoding: .utf8)
+        try server.run()
+        defer { kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
+        for _ in 0..<100 where !(try run("/usr/bin/ss", ["-Hltn", "sport = :18416"]).stdout.contains("18416")) { usleep(50_000) }
+        let r = try f.k(["run", "--rm", "--network", "pod", "--network-config", net.confPath, "sample", "/bin/sh", "-c",
+                         "ip -o -4 addr show eth0; ip route; ip -o link show lo; cat /etc/resolv.conf; wget -q -O - http://\(net.gateway()):18416/ok"])
+        #expect(r.status == 0, "\(r.output)")
+        #expect(r.stdout.contains("inet 10.240.16.") && r.stdout.contains("default via \(net.gateway())"), "\(r.stdout)")
+        #expect(r.stdout.contains("LOOPBACK,UP") && r.stdout.contains("nameserver 10.240.0.53") && r.stdout.contains("reached-the-node"), "\(r.stdout)")
+        // --rm gave the address back and removed the namespace's pin.
+        #expect((try net.status()["pods"] as? [Any])?.count == 0)
+        #expect(try net.links() == [net.bridge])
+        let pins = (procText("/proc/self/mountinfo") ?? "").split(separator: "\n").filter { $0.contains(f.tmp.path) && $0.contains("netns") }
+        #expect(pins.isEmpty, "\(pins)")
+        // host: the node's interfaces; none: loopback only.
+        let host = try f.k(["run", "--rm", "--network", "host", "sample", "/bin/sh", "-c", "cat /proc/net/dev"])
+        #expect(host.stdout.contains(net.bridge + ":"), "\(host.stdout)")
+        let none = try f.k(["run", "--rm", "sample", "/bin/sh", "-c", "cat /proc/net/dev"])
+        #expect(none.stdout.contains("lo:") && !none.stdout.contains("eth0:") && !none.stdout.contains(net.bridge), "\(none.stdout)")
+        let bad = try f.k(["run", "--rm", "--network", "bridge", "sample"], check: false)
+        #expect(bad.status != 0 && bad.stderr.contains("--network 'bridge' is not one of none, host, pod"), "\(bad.output)")
+    }
 }
