@@ -158,7 +158,7 @@ public struct PoolStore: Sendable {
     }
 
     func write(_ state: PoolState) throws(NetworkError) {
-        do { try FileSystem.replace(path, state.json.serialized(indent: " ") + "\n") } catch {
+        do { try FileSystem.replace(path, state.json.serialized() + "\n") } catch {
             throw NetworkError(.system, "cannot write \(path)", underlying: error)
         }
     }

@@ -215,6 +215,13 @@ extension JSON {
 
     static func quote(_ s: String, into out: inout String) {
         out.append("\"")
+        // Most strings need no escape: appended whole (per-scalar appends
+        // were most of the CNI plugin's time writing its state).
+        if !s.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            out.append(s)
+            out.append("\"")
+            return
+        }
         for u in s.unicodeScalars {
             switch u {
             case "\"": out.append("\\\"")

@@ -368,4 +368,41 @@ struct NetworkTests {
         let bad = try f.k(["run", "--rm", "--network", "bridge", "sample"], check: false)
         #expect(bad.status != 0 && bad.stderr.contains("--network 'bridge' is not one of none, host, pod"), "\(bad.output)")
     }
+
+    @Test("the CNI spec's call orders give kangaroo-cni the outcomes they give the reference bridge plugin (scripts/cni-conformance.py)")
+    func conformanceBesideTheBridgePlugin() throws {
+        let dir = try TempDir("cni-conf")
+        let ref = #"{"cniVersion":"1.0.0","name":"confref","type":"bridge","bridge":"kgt-cref","isGateway":true,"ipMasq":true,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.240.17.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":"IPAM"}}"#
+            .replacingOccurrences(of: "IPAM", with: dir.sub("ipam"))
+        let kgt = #"{"cniVersion":"1.0.0","name":"confkg","type":"kangaroo-cni","bridge":"kgt-ckg","subnet":"10.240.18.0/24","ifPrefix":"kt18x","poolSize":0,"stateDir":"STATE"}"#
+            .replacingOccurrences(of: "STATE", with: dir.sub("state"))
+        try ref.write(toFile: dir.sub("ref.json"), atomically: true, encoding: .utf8)
+        try kgt.write(toFile: dir.sub("kgt.json"), atomically: true, encoding: .utf8)
+        defer {
+            _ = try? run(TestEnv.kangaroo, ["network", "remove", dir.sub("kgt.json")])
+            _ = try? run("/usr/sbin/ip", ["link", "del", "kgt-cref"])
+        }
+        let script = TestEnv.repoRoot + "/scripts/cni-conformance.py"
+        func table(_ plugin: String, _ conf: String, _ prefix: String) throws -> [String: [String]] {
+            let r = try run("python3", [script, plugin, dir.sub(conf), prefix])
+            #expect(r.status == 0, "\(r.output)")
+            return (try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: [String]]) ?? [:]
+        }
+        let reference = try table("/usr/lib/cni/bridge", "ref.json", "kcr")
+        let kangaroo = try table(TestNetwork.plugin, "kgt.json", "kck")
+        #expect(reference.count == 12 && kangaroo.count == 12)
+        for (order, outcomes) in reference {
+            switch order {
+            case "VERSION":
+                #expect(kangaroo[order]?.first?.hasPrefix("ok ") == true)
+            case "ADD of a namespace that does not exist", "CHECK of a container never added":
+                // The bridge plugin answers these with its generic code 999;
+                // kangaroo-cni with the spec's 4 (environment) and 3 (unknown container).
+                #expect(outcomes.allSatisfy { $0.hasPrefix("error") } && kangaroo[order]?.allSatisfy { $0.hasPrefix("error") && !$0.contains("no msg") } == true,
+                        "\(order): reference \(outcomes), kangaroo \(kangaroo[order] ?? [])")
+            default:
+                #expect(kangaroo[order] == outcomes, "\(order): reference \(outcomes), kangaroo \(kangaroo[order] ?? [])")
+            }
+        }
+    }
 }
