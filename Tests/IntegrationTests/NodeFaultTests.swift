@@ -316,8 +316,17 @@ final class NodeFaultTests {
             kill(server.pid, SIGKILL)
             killed.insert(server.pid)
             var next: Int32?
-            for _ in 0..<100 {
-                if let n = mountServers().first(where: { !killed.contains($0.pid) }) { next = n.pid; break }
+            // The successor counts once the keeper has it serving (node
+            // status names it): a server killed before that is a failed
+            // takeover the keeper retries, not a second takeover.
+            for _ in 0..<200 {
+                if let n = mountServers().first(where: { !killed.contains($0.pid) }),
+                   let status = try? run(TestEnv.kangaroo, ["node", "status", "--json", "--shim-socket", node.sub("shim.sock")]).stdout,
+                   let mounts = (try? JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any])?["mounts"] as? [[String: Any]],
+                   mounts.first?["serverPID"] as? Int == Int(n.pid) {
+                    next = n.pid
+                    break
+                }
                 usleep(50_000)
             }
             #expect(next != nil, "round \(round): the keeper started a new server\n\(nodeLog)")
