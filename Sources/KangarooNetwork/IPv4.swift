@@ -1,5 +1,5 @@
 /// An IPv4 address.
-public struct IPv4: Sendable, Hashable, Comparable, CustomStringConvertible, Codable {
+public struct IPv4: Sendable, Hashable, Comparable, CustomStringConvertible {
     public var value: UInt32
 
     public init(_ value: UInt32) { self.value = value }
@@ -22,22 +22,10 @@ public struct IPv4: Sendable, Hashable, Comparable, CustomStringConvertible, Cod
     public var description: String { bytes.map(String.init).joined(separator: ".") }
     public static func < (a: IPv4, b: IPv4) -> Bool { a.value < b.value }
 
-    public init(from decoder: any Decoder) throws {
-        let text = try decoder.singleValueContainer().decode(String.self)
-        guard let ip = IPv4(text) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "\"\(text)\" is not an IPv4 address"))
-        }
-        self = ip
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.singleValueContainer()
-        try c.encode(description)
-    }
 }
 
 /// An address with a prefix length (10.77.0.5/16), or a subnet.
-public struct IPv4Prefix: Sendable, Hashable, CustomStringConvertible, Codable {
+public struct IPv4Prefix: Sendable, Hashable, CustomStringConvertible {
     public var address: IPv4
     public var length: UInt8
 
@@ -63,16 +51,4 @@ public struct IPv4Prefix: Sendable, Hashable, CustomStringConvertible, Codable {
     public func host(_ offset: UInt32) -> IPv4 { IPv4(network.value &+ offset) }
     public var description: String { "\(address)/\(length)" }
 
-    public init(from decoder: any Decoder) throws {
-        let text = try decoder.singleValueContainer().decode(String.self)
-        guard let p = IPv4Prefix(text) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "\"\(text)\" is not an IPv4 prefix (A.B.C.D/N)"))
-        }
-        self = p
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.singleValueContainer()
-        try c.encode(description)
-    }
 }
