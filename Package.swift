@@ -73,6 +73,12 @@ let package = Package(
             "KangarooSystem", "CKangaroo",
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
+        // The node's pools other than the network's: sandbox disks (loop
+        // devices over regions of one node file).
+        .target(name: "KangarooNode", dependencies: [
+            "KangarooSystem", "CKangaroo",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         // containerd's shim v2, events, snapshots and ttrpc messages
         // (generated once by scripts/gen-protos.sh, committed).
         .target(name: "ContainerdAPI", dependencies: [
@@ -101,6 +107,7 @@ let package = Package(
         // Executables.
         .executableTarget(name: "kangaroo", dependencies: [
             "KangarooOCI", "KangarooImage", "KangarooLazyFS", "KangarooSystem", "KangarooShim", "KangarooSnapshotter", "KangarooNetwork",
+            "KangarooNode",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),

@@ -12,6 +12,7 @@
 #include <grp.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
+#include <linux/loop.h>
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <signal.h>
@@ -45,6 +46,43 @@ int kr_pivot_root(const char *new_root, const char *put_old) {
 
 int kr_setns(int fd, int nstype) { return setns(fd, nstype); }
 int kr_unshare(int flags) { return unshare(flags); }
+
+int kr_loop_attach(int fd, unsigned long long offset, unsigned long long size) {
+    int control = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+    if (control < 0) return -errno;
+    for (int attempt = 0; attempt < 64; attempt++) {
+        int number = ioctl(control, LOOP_CTL_GET_FREE);
+        if (number < 0) { int e = errno; close(control); return -e; }
+        char path[32];
+        snprintf(path, sizeof path, "/dev/loop%d", number);
+        int dev = open(path, O_RDWR | O_CLOEXEC);
+        if (dev < 0) { if (errno == ENOENT) continue; int e = errno; close(control); return -e; }
+        struct loop_config config;
+        memset(&config, 0, sizeof config);
+        config.fd = (unsigned)fd;
+        config.block_size = 4096;
+        config.info.lo_offset = offset;
+        config.info.lo_sizelimit = size;
+        int rc = ioctl(dev, LOOP_CONFIGURE, &config);
+        int e = errno;
+        close(dev);
+        if (rc == 0) { close(control); return number; }
+        if (e != EBUSY) { close(control); return -e; }
+    }
+    close(control);
+    return -EBUSY;
+}
+
+int kr_loop_detach(int number) {
+    char path[32];
+    snprintf(path, sizeof path, "/dev/loop%d", number);
+    int dev = open(path, O_RDWR | O_CLOEXEC);
+    if (dev < 0) return -errno;
+    int rc = ioctl(dev, LOOP_CLR_FD, 0);
+    int e = errno;
+    close(dev);
+    return rc == 0 || e == ENXIO ? 0 : -e;
+}
 int kr_mount_beneath(const char *source, const char *target) {
     int tree = (int)syscall(428 /* open_tree */, AT_FDCWD, source, 1 /* OPEN_TREE_CLONE */ | O_CLOEXEC);
     if (tree < 0) return -errno;

@@ -132,17 +132,20 @@ public struct PoolStore: Sendable {
     /// Runs `body` on the state under the lock; what it leaves is written
     /// back when it changed.
     public func update<T>(_ body: (inout PoolState) throws(NetworkError) -> T) throws(NetworkError) -> T {
-        let lock = open(directory + "/lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard lock >= 0 else { throw NetworkError(.system, "cannot open \(directory)/lock", underlying: Errno(rawValue: errno)) }
-        defer { close(lock) }
-        while flock(lock, LOCK_EX) != 0 {
-            guard errno == EINTR else { throw NetworkError(.system, "cannot lock \(directory)/lock", underlying: Errno(rawValue: errno)) }
+        do {
+            return try FileSystem.withExclusiveLock(directory + "/lock") { () throws(NetworkError) -> T in
+                let before = try read()
+                var state = before
+                let result = try body(&state)
+                if state != before { try write(state) }
+                return result
+            }
+        } catch {
+            switch error {
+            case .lock(let e): throw NetworkError(.system, "cannot lock \(directory)/lock", underlying: e)
+            case .body(let e): throw e
+            }
         }
-        let before = try read()
-        var state = before
-        let result = try body(&state)
-        if state != before { try write(state) }
-        return result
     }
 
     /// The state as it is now (no lock: a snapshot for status).

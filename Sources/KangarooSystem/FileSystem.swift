@@ -73,6 +73,17 @@ public enum FileSystem {
         _ = Glibc.close(dfd)
     }
 
+    /// Runs `body` holding the exclusive flock of `path` (created 0600).
+    public static func withExclusiveLock<T, E: Error>(_ path: String, _ body: () throws(E) -> T) throws(LockedError<E>) -> T {
+        let lock = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard lock >= 0 else { throw .lock(Errno(rawValue: errno)) }
+        defer { Glibc.close(lock) }
+        while flock(lock, LOCK_EX) != 0 {
+            guard errno == EINTR else { throw .lock(Errno(rawValue: errno)) }
+        }
+        do { return try body() } catch { throw .body(error) }
+    }
+
     public static func exists(_ path: String) -> Bool {
         access(path, F_OK) == 0
     }
@@ -129,4 +140,11 @@ public enum FileSystem {
             throw Errno(rawValue: errno)
         }
     }
+}
+
+/// What `FileSystem.withExclusiveLock` throws: the lock's failure, or the
+/// body's error.
+public enum LockedError<E: Error>: Error {
+    case lock(Errno)
+    case body(E)
 }

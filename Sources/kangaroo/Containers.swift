@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KangarooLazyFS
 import KangarooNetwork
+import KangarooNode
 
 /// Drives the `kangaroo-runtime` binary.
 struct RuntimeClient {
@@ -282,6 +283,20 @@ func teardown(_ record: ContainerRecord, paths: StatePaths, runtime: RuntimeClie
             throw CLIError("cannot take container \(record.id) off its pod network: \(error)")
         }
         NetworkNamespace.remove(at: dir + "/netns")
+    }
+    // --disk-size: the disk unmounted, then given back to the pool (scrubbed).
+    if let data = FileManager.default.contents(atPath: dir + "/disk.json"),
+       let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
+        let mnt = dir + "/disk"
+        if ImageRootfs.isMounted(mnt), umount2(mnt, 0) != 0, umount2(mnt, Int32(MNT_DETACH)) != 0 {
+            throw CLIError("cannot unmount \(mnt): \(String(cString: strerror(errno)))")
+        }
+        let config = DiskConfig(nodeFile: o["file"] as? String ?? "", nodeSize: (o["nodeSize"] as? NSNumber)?.uint64Value ?? 0,
+                                defaultSize: (o["defaultSize"] as? NSNumber)?.uint64Value ?? 0, poolSize: o["pool"] as? Int ?? 0,
+                                stateDir: o["state"] as? String ?? "")
+        do { try DiskPool(config: config).release(owner: record.id) } catch {
+            throw CLIError("cannot give container \(record.id)'s disk back: \(error)")
+        }
     }
     if FileManager.default.fileExists(atPath: dir) { try FileManager.default.removeItem(atPath: dir) }
     try ImageRootfs.release(paths, record.imageKey)

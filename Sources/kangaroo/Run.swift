@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KangarooImage
 import KangarooNetwork
+import KangarooNode
 import KangarooOCI
 
 /// `kangaroo run`: image -> lazy mount (registry images) or kernel EROFS
@@ -33,6 +34,9 @@ struct RunCommand: AsyncParsableCommand {
     @Flag(name: [.long, .customLong("timing")], help: "Print to stderr how long the steps took.") var time = false
     @Option(help: ArgumentHelp("none: a network namespace of its own with loopback only; host: the node's; pod: its own on the node's pod network (kangaroo-cni's, from --network-config), with an address, a route out through NAT.", valueName: "mode"))
     var network: String = "none"
+    @Option(help: ArgumentHelp("Give the container a disk of its own of this size (K, M, G suffixes) from the node's disk pool (kangaroo disk): its writable layer lives there, so filling it gives ENOSPC and touches nothing else.", valueName: "size"))
+    var diskSize: String?
+    @OptionGroup var disks: DiskOptions
     @Option(help: ArgumentHelp("The pod network's configuration for --network pod (a kangaroo-cni .conf/.conflist); without the file, the built-in default (bridge kgr0, 10.77.0.0/16).", valueName: "path"))
     var networkConfig: String = RunCommand.defaultNetworkConfig
     @Flag(inversion: .prefixedNo, help: "Mount the image lazily (data fetched on first read); default: on for registry references only.")
@@ -58,6 +62,10 @@ struct RunCommand: AsyncParsableCommand {
             if let cpus, !(cpus > 0 && cpus <= 1024) { throw CLIError("--cpus must be > 0") }
             guard ["none", "host", "pod"].contains(network) else { throw CLIError("--network '\(network)' is not one of none, host, pod") }
             let podNetwork = network == "pod" ? try Self.loadNetwork(networkConfig) : nil
+            let diskBytes: UInt64? = try diskSize.map {
+                guard let n = parseSize($0), n >= 16 << 20 else { throw CLIError("--disk-size '\($0)' is not a size of at least 16M") }
+                return UInt64(n)
+            }
             if let name, !Self.validName(name) {
                 throw CLIError("--name '\(name)' must be 1-63 characters of a-z A-Z 0-9 . - and start with a letter or digit")
             }
@@ -107,10 +115,16 @@ struct RunCommand: AsyncParsableCommand {
                     lower = try Self.mountImage(kimage, layout: layout, directory: paths.image(key))
                     marks.append(("image mount", Date()))
                 }
-                for sub in ["upper", "work", "rootfs"] {
-                    try FileManager.default.createDirectory(atPath: dir + "/" + sub, withIntermediateDirectories: false)
+                var writable = dir
+                if let diskBytes {
+                    writable = try Self.mountDisk(disks, size: diskBytes, id: id, dir: dir)
+                    marks.append(("disk", Date()))
                 }
-                let data = "lowerdir=\(lower),upperdir=\(dir)/upper,workdir=\(dir)/work"
+                for sub in ["upper", "work"] {
+                    try FileManager.default.createDirectory(atPath: writable + "/" + sub, withIntermediateDirectories: false)
+                }
+                try FileManager.default.createDirectory(atPath: dir + "/rootfs", withIntermediateDirectories: false)
+                let data = "lowerdir=\(lower),upperdir=\(writable)/upper,workdir=\(writable)/work"
                 guard mount("overlay", dir + "/rootfs", "overlay", 0, data) == 0 else {
                     throw CLIError("mounting overlayfs at \(dir)/rootfs failed: \(String(cString: strerror(errno)))")
                 }
@@ -179,6 +193,23 @@ struct RunCommand: AsyncParsableCommand {
     }
 
     static let defaultNetworkConfig = "/etc/kangaroo/network.conf"
+
+    /// The container's disk from the pool, mounted at DIR/disk (ext4); its
+    /// pool options in DIR/disk.json for teardown. Returns DIR/disk.
+    static func mountDisk(_ options: DiskOptions, size: UInt64, id: String, dir: String) throws -> String {
+        let config = try options.config()
+        try JSONSerialization.data(withJSONObject: ["file": config.nodeFile, "state": config.stateDir, "nodeSize": config.nodeSize,
+                                                    "defaultSize": config.defaultSize, "pool": config.poolSize])
+            .write(to: URL(fileURLWithPath: dir + "/disk.json"))
+        let disk: Disk
+        do { disk = try DiskPool(config: config).acquire(owner: id, size: size) } catch { throw CLIError("--disk-size: \(error)") }
+        let mnt = dir + "/disk"
+        try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: false)
+        guard mount(disk.device!, mnt, "ext4", 0, "") == 0 else {
+            throw CLIError("mounting the container's disk \(disk.device!) at \(mnt) failed: \(String(cString: strerror(errno)))")
+        }
+        return mnt
+    }
 
     static func loadNetwork(_ path: String) throws -> NetworkConfig {
         if path == defaultNetworkConfig && !FileManager.default.fileExists(atPath: path) { return NetworkConfig() }

@@ -142,6 +142,12 @@ int kr_wait_forwarding(pid_t pid);
 int kr_pivot_root(const char *new_root, const char *put_old);
 int kr_setns(int fd, int nstype);
 int kr_unshare(int flags);
+// Loop devices: attaches [offset, offset + size) of the file `fd` to a free
+// loop device (LOOP_CTL_GET_FREE + LOOP_CONFIGURE, retried when another
+// process takes the device first); returns the device number or -errno.
+int kr_loop_attach(int fd, unsigned long long offset, unsigned long long size);
+// Detaches loop device `number` (LOOP_CLR_FD); 0 or -errno.
+int kr_loop_detach(int number);
 // A clone of the mount at `source` put beneath the top mount at `target`
 // (open_tree + move_mount MOVE_MOUNT_BENEATH, Linux 6.5): unmounting the top
 // then reveals it, with no instant where `target` has neither. 0 or -errno.
