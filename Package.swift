@@ -86,7 +86,7 @@ let package = Package(
         ], exclude: ["Protos"]),
         // ttrpc on swift-nio and the shim v2 Task service.
         .target(name: "KangarooShim", dependencies: [
-            "ContainerdAPI", "KangarooRuntime", "KangarooSystem",
+            "ContainerdAPI", "KangarooRuntime", "KangarooSystem", "KangarooNode",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),

@@ -46,6 +46,8 @@ def main():
     ap.add_argument("--bad", choices=["image", "command", "mount", "resources"])
     ap.add_argument("--pod-network", action="store_true", help="a network namespace of the pod's own (CNI) instead of the node's")
     ap.add_argument("--port", action="append", default=[], metavar="HOST:CONTAINER", help="a TCP hostPort mapping (with --pod-network)")
+    ap.add_argument("--annotation", action="append", default=[], metavar="KEY=VALUE", help="a pod annotation")
+    ap.add_argument("--exec", action="append", default=[], metavar="SHELL", help="with --keep: run /bin/sh -c SHELL in the first container, print its output")
     ap.add_argument("--pull", metavar="IMAGE", help="PullImage IMAGE (a 127.0.0.1 registry), print its id and time")
     a = ap.parse_args()
 
@@ -79,6 +81,7 @@ def main():
         raise SystemExit("image %s is not in containerd's k8s.io namespace" % a.image)
 
     t0 = time.monotonic()
+    annotations = dict(x.split("=", 1) for x in a.annotation)
     if a.pod_network:
         ports = [cri.PortMapping(protocol=cri.TCP, host_port=int(h), container_port=int(c))
                  for h, c in (p.split(":") for p in a.port)]
@@ -86,6 +89,7 @@ def main():
             metadata=cri.PodSandboxMetadata(name=a.name, uid=a.name + "-uid", namespace="kangaroo-test", attempt=0),
             hostname=a.name,
             log_directory=log_dir,
+            annotations=annotations,
             dns_config=cri.DNSConfig(servers=["10.241.0.53"], searches=["svc.test"], options=["ndots:2"]),
             port_mappings=ports,
             linux=cri.LinuxPodSandboxConfig(
@@ -98,6 +102,7 @@ def main():
             # Host network: the pod shares the node's UTS namespace, so the
             # kubelet sets no hostname (runc refuses one there).
             log_directory=log_dir,
+            annotations=annotations,
             linux=cri.LinuxPodSandboxConfig(
                 security_context=cri.LinuxSandboxSecurityContext(
                     namespace_options=cri.NamespaceOption(network=cri.NODE, pid=cri.POD, ipc=cri.POD))),
@@ -125,6 +130,12 @@ def main():
     out["start_seconds"] = time.monotonic() - t0
     if a.keep:
         kept = {"sandbox": pod, "containers": ids, "start_seconds": out["start_seconds"]}
+        outputs = []
+        for shell in a.exec:
+            ex = rt.ExecSync(cri.ExecSyncRequest(container_id=ids[0], cmd=["/bin/sh", "-c", shell], timeout=60), timeout=90)
+            outputs.append({"stdout": ex.stdout.decode(), "stderr": ex.stderr.decode(), "exit_code": ex.exit_code})
+        if outputs:
+            kept["exec"] = outputs
         if a.pod_network:
             st = rt.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=pod, verbose=True))
             kept["ip"] = st.status.network.ip

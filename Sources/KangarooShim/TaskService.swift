@@ -24,6 +24,8 @@ public actor TaskService: TTRPCService {
     let events: EventPublisher?
     let reaper: Reaper
     let consoleKeeper: ConsoleKeeper?
+    /// Sandbox disks (nil: containers write on the snapshotter's upper).
+    let disks: SandboxDisks?
     private var tasks: [Key: TaskRecord] = [:]
     /// Inits whose Start is being answered, and exits held back until the
     /// start event is out.
@@ -76,8 +78,10 @@ public actor TaskService: TTRPCService {
         }
     }
 
-    public init(stateRoot: String, events: EventPublisher?, reaper: Reaper, logger: Logger, consoleKeeper: ConsoleKeeper? = nil) {
+    public init(stateRoot: String, events: EventPublisher?, reaper: Reaper, logger: Logger, consoleKeeper: ConsoleKeeper? = nil,
+                disks: SandboxDisks? = nil) {
         self.stateRoot = stateRoot
+        self.disks = disks
         self.events = events
         self.reaper = reaper
         self.logger = logger
@@ -352,7 +356,17 @@ public actor TaskService: TTRPCService {
         var undo = UndoList()
         defer { undo.run() }
         var mounted: String?
-        if !r.rootfs.isEmpty {
+        if let disks, !r.rootfs.isEmpty || FileSystem.exists(r.bundle + "/config.json") {
+            let (rootfs, bundle, id) = (r.rootfs, r.bundle, r.id)
+            let moved = try await blocking { try disks.rootfs(rootfs, namespace: ns, id: id, bundle: bundle) }
+            undo.add { disks.deleted(namespace: ns, id: id, bundle: bundle) }
+            if !r.rootfs.isEmpty {
+                let target = r.bundle + "/rootfs"
+                try Self.mountRootfs(moved, at: target)
+                mounted = target
+                undo.add { Mounts.detachAll(under: [target]) }
+            }
+        } else if !r.rootfs.isEmpty {
             let target = r.bundle + "/rootfs"
             try Self.mountRootfs(r.rootfs, at: target)
             mounted = target
@@ -632,6 +646,7 @@ public actor TaskService: TTRPCService {
             let left = Mounts.detachAll(under: [target])
             if !left.isEmpty { logger.warning("cannot unmount", metadata: ["container": "\(id)", "mounts": "\(left)"]) }
         }
+        if let disks { let bundle = t.bundle; _ = try? await blocking { disks.deleted(namespace: ns, id: id, bundle: bundle) } }
         t = take(key) ?? t
         let consoles = ([t.initProcess] + t.execs.values).compactMap(\.console)
         if !consoles.isEmpty { _ = try? await blocking { for c in consoles { c.close() } } }

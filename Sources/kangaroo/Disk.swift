@@ -2,6 +2,33 @@ import ArgumentParser
 import Foundation
 import KangarooNode
 import KangarooSystem
+import Logging
+import ServiceLifecycle
+
+/// Keeps the sandbox disk pool full: reconciled at start (what a killed
+/// daemon left), topped up every second.
+struct DiskPoolService: Service {
+    let config: DiskConfig
+    let logger: Logger
+
+    func run() async throws {
+        let pool: DiskPool
+        do {
+            pool = try DiskPool(config: config)
+            let fixed = try pool.reconcile()
+            let made = try pool.fill()
+            logger.info("disks: pool ready", metadata: ["file": "\(config.nodeFile)", "reconciled": "\(fixed)", "made": "\(made)"])
+        } catch {
+            throw CLIError("node: disks: \(error)")
+        }
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(1))
+            do { try pool.fill() } catch {
+                logger.warning("disks: cannot fill the pool", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+}
 
 /// Where the node's sandbox disks are: flags, with the environment's
 /// KANGAROO_DISK_* as defaults.

@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import KangarooLazyFS
 import KangarooNetwork
+import KangarooNode
 import KangarooShim
 import KangarooSystem
 import Synchronization
@@ -52,6 +53,42 @@ struct NodeStatus: Codable, Sendable {
     var requests: [TTRPCRequestStats.Entry]
     /// The pod networks whose pools the daemon keeps.
     var networks: [NetworkStatus]?
+    /// The sandbox disk pool, if the daemon keeps one.
+    var disks: DiskStatus?
+}
+
+struct DiskStatus: Codable, Sendable {
+    struct Entry: Codable, Sendable {
+        var device: String?
+        var sizeBytes: UInt64
+        var state: String
+        var owner: String?
+        /// Bytes in use on a mounted sandbox disk (statfs).
+        var usedBytes: UInt64?
+    }
+    var nodeFile: String
+    var nodeSizeBytes: UInt64
+    var allocatedBytes: UInt64
+    var free: Int
+    var attached: Int
+    var disks: [Entry]
+
+    init?(_ config: DiskConfig, stateRoot: String) {
+        guard let s = try? DiskPool(config: config).status() else { return nil }
+        nodeFile = config.nodeFile
+        nodeSizeBytes = s.nodeSize
+        allocatedBytes = s.allocatedBytes
+        free = s.disks.filter { $0.state == .free }.count
+        attached = s.disks.filter { $0.state == .attached }.count
+        disks = s.disks.map { d in
+            var used: UInt64?
+            if let owner = d.owner {
+                var fs = statvfs()
+                if statvfs(stateRoot + "/disks/" + owner, &fs) == 0 { used = UInt64(fs.f_blocks - fs.f_bfree) * UInt64(fs.f_frsize) }
+            }
+            return Entry(device: d.device, sizeBytes: d.size, state: d.state.rawValue, owner: d.owner, usedBytes: used)
+        }
+    }
 }
 
 /// The daemon's own ttrpc service `kangaroo.node.v1.Node` (method
@@ -70,11 +107,15 @@ final class NodeStatusService: TTRPCService, Sendable {
     let restarts: Int
     let requests: TTRPCRequestStats
     let networks: [NetworkConfig]
+    let disks: DiskConfig?
+    let stateRoot: String
 
     init(tasks: TaskService, keeper: FUSEKeeper?, root: String, socket: String, supervisorPID: Int32?, generation: Int,
-         requests: TTRPCRequestStats, networks: [NetworkConfig] = []) {
+         requests: TTRPCRequestStats, networks: [NetworkConfig] = [], disks: DiskConfig? = nil, stateRoot: String = "") {
         self.tasks = tasks
         self.networks = networks
+        self.disks = disks
+        self.stateRoot = stateRoot
         self.requests = requests
         self.keeper = keeper
         self.root = root
@@ -115,7 +156,8 @@ final class NodeStatusService: TTRPCService, Sendable {
                                        pssPerTaskKiB: running > 0 ? ((own?.pss ?? 0) + servers) / running : nil)
         return NodeStatus(pid: getpid(), supervisorPID: supervisorPID.withLock { $0 }, restarts: restarts, uptimeSeconds: Date().timeIntervalSince(started), shimSocket: socket, root: root,
                           metrics: metricsAddress.withLock { $0 }, tasks: list, sandboxes: pods.values.sorted { $0.id < $1.id }, mounts: mounts, memory: memory,
-                          requests: requests.snapshot(), networks: networks.compactMap { try? NetworkStatus($0) })
+                          requests: requests.snapshot(), networks: networks.compactMap { try? NetworkStatus($0) },
+                          disks: disks.flatMap { DiskStatus($0, stateRoot: stateRoot) })
     }
 
     /// RSS and PSS of a process in KiB (smaps_rollup).
@@ -164,6 +206,13 @@ final class NodeStatusService: TTRPCService, Sendable {
         metric("network_slots", "gauge", "Pod network addresses: in the pool (free), handed to pods (attached).",
                nets.flatMap { n in [("network=\"\(n.name)\",state=\"free\"", "\(n.free)"), ("network=\"\(n.name)\",state=\"attached\"", "\(n.pods.count)")] })
         metric("network_capacity", "gauge", "Pod addresses of the network's subnet.", nets.map { ("network=\"\($0.name)\"", "\($0.capacity)") })
+        if let d = s.disks {
+            metric("disks", "gauge", "Sandbox disks: formatted in the pool (free), a sandbox's (attached).",
+                   [("state=\"free\"", "\(d.free)"), ("state=\"attached\"", "\(d.attached)")])
+            metric("disk_node_allocated_bytes", "gauge", "Bytes the sparse node disk file holds.", [("", "\(d.allocatedBytes)")])
+            metric("disk_used_bytes", "gauge", "Bytes in use on each sandbox's disk.",
+                   d.disks.compactMap { e in e.usedBytes.map { ("sandbox=\"\(MetricsEndpoint.escape(e.owner ?? ""))\"", "\($0)") } })
+        }
         metric("uptime_seconds", "gauge", "Seconds since the daemon started.", [("", String(format: "%.1f", s.uptimeSeconds))])
         metric("restarts_total", "counter", "Daemons the supervisor started after one died.", [("", "\(s.restarts)")])
         return out
@@ -228,6 +277,12 @@ struct NodeStatusCommand: AsyncParsableCommand {
         if let nets = s.networks, !nets.isEmpty {
             print("\nNETWORKS")
             for n in nets { n.lines.forEach { print($0) } }
+        }
+        if let d = s.disks {
+            print("\nDISKS (\(d.nodeFile): \(d.nodeSizeBytes >> 20) MiB, \(d.allocatedBytes >> 20) MiB allocated; \(d.free) free, \(d.attached) attached)")
+            for e in d.disks where e.owner != nil {
+                print("\(e.owner!)  \(e.device ?? "-")  \(e.sizeBytes >> 20) MiB" + (e.usedBytes.map { ", \($0 >> 20) MiB used" } ?? ""))
+            }
         }
         print("\nREQUESTS (ttrpc, since the daemon started)")
         if !s.requests.isEmpty {

@@ -7,6 +7,7 @@ import KangarooSnapshotter
 import KangarooSystem
 import Logging
 import KangarooNetwork
+import KangarooNode
 import ServiceLifecycle
 
 /// `kangaroo node`: the node daemon (`node run`, the default) and `node
@@ -64,6 +65,10 @@ struct NodeRun: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Keep the pool of this pod network (a kangaroo-cni CNI configuration) filled; repeatable.", valueName: "config"))
     var network: [String] = env["KANGAROO_NODE_NETWORK"].map { [$0] } ?? []
 
+    @Flag(inversion: .prefixedNo, help: "Give every CRI sandbox a disk of its own from the node's disk pool (kept full): its containers' writable layers live there (default: $KANGAROO_NODE_DISKS = 1).")
+    var disks = NodeCommand.env["KANGAROO_NODE_DISKS"] == "1"
+    @OptionGroup var diskOptions: DiskOptions
+
     @Flag(inversion: .prefixedNo, help: "Run the daemon under a supervisor that keeps containerd's connections and the containers' exits across a daemon crash and restarts it.")
     var supervise = true
 
@@ -93,6 +98,11 @@ struct NodeRun: AsyncParsableCommand {
             if let events { args += ["--events", events] }
             if let metrics { args += ["--metrics", metrics] }
             for n in network { args += ["--network", n] }
+            if disks {
+                args += ["--disks", "--disk-file", diskOptions.diskFile, "--disk-node-size", diskOptions.diskNodeSize,
+                         "--disk-default-size", diskOptions.diskDefaultSize, "--disk-pool", "\(diskOptions.diskPool)",
+                         "--disk-state", diskOptions.diskState]
+            }
             let supervisor = NodeSupervisor(executable: exe, arguments: args, socket: shimSocket, readyFD: readyFD, logger: logger)
             Foundation.exit(try supervisor.run())
         }
@@ -124,12 +134,14 @@ struct NodeRun: AsyncParsableCommand {
         // Supervised, events wait in a journal until containerd has them
         // (the next daemon sends what this one could not).
         let publisher = events.map { EventPublisher(address: $0, logger: logger, journal: link == nil ? nil : state + "/events") }
-        let tasks = TaskService(stateRoot: state, events: publisher, reaper: reaper, logger: logger, consoleKeeper: link?.consoleKeeper)
+        let diskConfig = disks ? try diskOptions.config() : nil
+        let tasks = TaskService(stateRoot: state, events: publisher, reaper: reaper, logger: logger, consoleKeeper: link?.consoleKeeper,
+                                disks: diskConfig.map { SandboxDisks(pool: $0, stateRoot: state) })
         let snapshots = try await startSnapshotter(reaper: reaper, mountPolicy: mountPolicy, logger: logger)
         let requests = TTRPCRequestStats()
         let status = NodeStatusService(tasks: tasks, keeper: snapshots?.keeper, root: root, socket: shimSocket,
                                        supervisorPID: link == nil ? nil : getppid(), generation: workerGeneration, requests: requests,
-                                       networks: networks)
+                                       networks: networks, disks: diskConfig, stateRoot: state)
         let server: TTRPCServer? = shimSocket == "none" ? nil
             : TTRPCServer(path: shimSocket, services: [tasks, status], logger: logger, requests: requests)
         if let link, let server {
@@ -179,6 +191,7 @@ struct NodeRun: AsyncParsableCommand {
         if let server { services.append(ShimServerService(server: server, publisher: publisher)) }
         if let snapshots { services.append(SnapshotterServerService(server: snapshots.server, task: snapshots.task)) }
         if !networks.isEmpty { services.append(NetworkPoolService(configs: networks, logger: logger)) }
+        if let diskConfig { services.append(DiskPoolService(config: diskConfig, logger: logger)) }
         let group = ServiceGroup(configuration: .init(services: services.map { .init(service: $0) },
                                                       gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
