@@ -53,7 +53,7 @@ struct DiskOptions: ParsableArguments {
     }
 
     func pool() throws -> DiskPool {
-        do { return try DiskPool(config: try config()) } catch let e as DiskError { throw CLIError("disk: \(e)") }
+        do { return try DiskPool(config: try config()) } catch { throw CLIError("disk: \(error)") }
     }
 }
 
@@ -61,7 +61,7 @@ struct DiskCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "disk",
         abstract: "The node's sandbox disks (loop devices over one node file): status, filling the pool, removal.",
-        subcommands: [DiskStatusCommand.self, DiskFill.self, DiskRemove.self])
+        subcommands: [DiskStatusCommand.self, DiskFill.self, DiskAcquire.self, DiskRelease.self, DiskRemove.self])
 }
 
 struct DiskStatusCommand: ParsableCommand {
@@ -71,7 +71,7 @@ struct DiskStatusCommand: ParsableCommand {
 
     func run() throws {
         let s: DiskPool.Status
-        do { s = try options.pool().status() } catch let e as DiskError { throw CLIError("disk status: \(e)") }
+        do { s = try options.pool().status() } catch { throw CLIError("disk status: \(error)") }
         if json {
             let disks = s.disks.map { d -> [String: Any] in
                 var o: [String: Any] = ["offset": d.offset, "size": d.size, "state": d.state.rawValue]
@@ -102,7 +102,7 @@ struct DiskFill: ParsableCommand {
             let fixed = try pool.reconcile()
             let made = try pool.fill()
             print("\(made) disks made; reconciled \(fixed)")
-        } catch let e as DiskError { throw CLIError("disk fill: \(e)") }
+        } catch { throw CLIError("disk fill: \(error)") }
     }
 }
 
@@ -111,6 +111,48 @@ struct DiskRemove: ParsableCommand {
     @OptionGroup var options: DiskOptions
 
     func run() throws {
-        do { try options.pool().remove() } catch let e as DiskError { throw CLIError("disk remove: \(e)") }
+        do { try options.pool().remove() } catch { throw CLIError("disk remove: \(error)") }
+    }
+}
+
+struct DiskAcquire: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "acquire", abstract: "Take a disk for OWNER (from the pool, or made on the spot) and print its device; optionally mount it.")
+    @OptionGroup var options: DiskOptions
+    @Argument(help: "Who holds the disk (a sandbox id).") var owner: String
+    @Option(help: ArgumentHelp("The disk's size (default: the pool's).", valueName: "size")) var size: String?
+    @Option(help: ArgumentHelp("Mount it (ext4) here.", valueName: "dir")) var mount: String?
+    @Flag(help: "Print to stderr how long it took (in this process: acquire and mount).") var time = false
+
+    func run() throws {
+        let bytes: UInt64? = try size.map {
+            guard let n = parseSize($0) else { throw CLIError("--size '\($0)' is not a size") }
+            return UInt64(n)
+        }
+        let pool = try options.pool()
+        let started = ContinuousClock.now
+        let disk: Disk
+        do { disk = try pool.acquire(owner: owner, size: bytes) } catch { throw CLIError("disk acquire: \(error)") }
+        if let mount {
+            guard Glibc.mount(disk.device!, mount, "ext4", 0, "") == 0 else {
+                throw CLIError("disk acquire: mount \(disk.device!) at \(mount): \(String(cString: strerror(errno)))")
+            }
+        }
+        let took = ContinuousClock.now - started
+        print(disk.device ?? "")
+        if time { FileHandle.standardError.write(Data("took \(Double(took.components.attoseconds) / 1e15 + Double(took.components.seconds) * 1000) ms\n".utf8)) }
+    }
+}
+
+struct DiskRelease: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "release", abstract: "Give OWNER's disk back (scrubbed); unmount it first if asked.")
+    @OptionGroup var options: DiskOptions
+    @Argument(help: "Who holds the disk.") var owner: String
+    @Option(help: ArgumentHelp("Unmount this first.", valueName: "dir")) var unmount: String?
+
+    func run() throws {
+        if let unmount, umount2(unmount, 0) != 0 { throw CLIError("disk release: unmount \(unmount): \(String(cString: strerror(errno)))") }
+        let released: Bool
+        do { released = try options.pool().release(owner: owner) } catch { throw CLIError("disk release: \(error)") }
+        guard released else { throw CLIError("disk release: \(owner) holds no disk") }
     }
 }
