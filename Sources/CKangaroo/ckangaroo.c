@@ -73,6 +73,58 @@ int kr_loop_attach(int fd, unsigned long long offset, unsigned long long size) {
     return -EBUSY;
 }
 
+static int write_text(const char *path, const char *text) {
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    ssize_t n = write(fd, text, strlen(text));
+    int e = errno;
+    close(fd);
+    return n == (ssize_t)strlen(text) ? 0 : -e;
+}
+
+int kr_idmapped_mount(const char *source, const char *target, unsigned base, unsigned count) {
+    int ready[2], done[2];
+    if (pipe2(ready, O_CLOEXEC) != 0) return -errno;
+    if (pipe2(done, O_CLOEXEC) != 0) { int e = errno; close(ready[0]); close(ready[1]); return -e; }
+    pid_t pid = fork();
+    if (pid < 0) { int e = errno; close(ready[0]); close(ready[1]); close(done[0]); close(done[1]); return -e; }
+    if (pid == 0) {
+        close(done[1]);
+        close(ready[0]);
+        char c = unshare(CLONE_NEWUSER) == 0 ? 'y' : 'n';
+        (void)!write(ready[1], &c, 1);
+        (void)!read(done[0], &c, 1);
+        _exit(0);
+    }
+    close(ready[1]);
+    close(done[0]);
+    char c = 0;
+    int rc = read(ready[0], &c, 1) == 1 && c == 'y' ? 0 : -EPERM;
+    close(ready[0]);
+    char path[64], map[64];
+    snprintf(map, sizeof map, "0 %u %u\n", base, count);
+    if (rc == 0) { snprintf(path, sizeof path, "/proc/%d/uid_map", pid); rc = write_text(path, map); }
+    if (rc == 0) { snprintf(path, sizeof path, "/proc/%d/setgroups", pid); rc = write_text(path, "deny"); }
+    if (rc == 0) { snprintf(path, sizeof path, "/proc/%d/gid_map", pid); rc = write_text(path, map); }
+    int ns = -1;
+    if (rc == 0) {
+        snprintf(path, sizeof path, "/proc/%d/ns/user", pid);
+        ns = open(path, O_RDONLY | O_CLOEXEC);
+        if (ns < 0) rc = -errno;
+    }
+    close(done[1]);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+    if (rc != 0) { if (ns >= 0) close(ns); return rc; }
+    int tree = (int)syscall(428 /* open_tree */, AT_FDCWD, source, 1 /* OPEN_TREE_CLONE */ | O_CLOEXEC | 0x8000 /* AT_RECURSIVE */);
+    if (tree < 0) { rc = -errno; close(ns); return rc; }
+    struct { unsigned long long attr_set, attr_clr, propagation, userns_fd; } attr = { 0x100000 /* MOUNT_ATTR_IDMAP */, 0, 0, (unsigned long long)ns };
+    if (syscall(442 /* mount_setattr */, tree, "", 0x1000 /* AT_EMPTY_PATH */, &attr, sizeof attr) != 0) rc = -errno;
+    else if (syscall(429 /* move_mount */, tree, "", AT_FDCWD, target, 4 /* MOVE_MOUNT_F_EMPTY_PATH */) != 0) rc = -errno;
+    close(tree);
+    close(ns);
+    return rc;
+}
+
 int kr_loop_detach(int number) {
     char path[32];
     snprintf(path, sizeof path, "/dev/loop%d", number);

@@ -284,6 +284,16 @@ func teardown(_ record: ContainerRecord, paths: StatePaths, runtime: RuntimeClie
         }
         NetworkNamespace.remove(at: dir + "/netns")
     }
+    // --userns: the idmapped image, then the id range.
+    if FileManager.default.fileExists(atPath: dir + "/userns") {
+        let lower = dir + "/lower"
+        if ImageRootfs.isMounted(lower), umount2(lower, 0) != 0, umount2(lower, Int32(MNT_DETACH)) != 0 {
+            throw CLIError("cannot unmount \(lower): \(String(cString: strerror(errno)))")
+        }
+        do { try IDRangePool(directory: paths.stateDirectory + "/idranges").release(owner: record.id) } catch {
+            throw CLIError("cannot give container \(record.id)'s id range back: \(error)")
+        }
+    }
     // --disk-size: the disk unmounted, then given back to the pool (scrubbed).
     if let data = FileManager.default.contents(atPath: dir + "/disk.json"),
        let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {

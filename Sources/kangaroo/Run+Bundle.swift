@@ -92,10 +92,13 @@ struct BundleConfig: Encodable {
     struct Memory: Encodable { var limit: Int64 }
     struct CPU: Encodable { var quota: Int64; var period: UInt64 }
     struct Resources: Encodable { var devices: [DeviceRule]; var memory: Memory?; var cpu: CPU? }
+    struct IDMapping: Encodable { var containerID: UInt32; var hostID: UInt32; var size: UInt32 }
     struct Linux: Encodable {
         var cgroupsPath: String
         var resources: Resources
         var namespaces: [Namespace]
+        var uidMappings: [IDMapping]? = nil
+        var gidMappings: [IDMapping]? = nil
         var maskedPaths: [String]
         var readonlyPaths: [String]
     }
@@ -119,7 +122,7 @@ struct BundleConfig: Encodable {
     /// symlinks out of it) to resolve a user name.
     static func make(id: String, hostname: String, image: ImageConfiguration.Config?, command: [String],
                      extraEnv: [String], memory: Int64?, cpus: Double?, rootfs: String,
-                     network: String = "none", netns: String? = nil) throws -> BundleConfig {
+                     network: String = "none", netns: String? = nil, userRange: UInt32? = nil) throws -> BundleConfig {
         let args = (image?.entrypoint ?? []) + (command.isEmpty ? (image?.cmd ?? []) : command)
         guard !args.isEmpty else { throw CLIError("the image has no Entrypoint or Cmd: give a COMMAND") }
         var env = image?.env ?? []
@@ -157,7 +160,10 @@ struct BundleConfig: Encodable {
                                      memory: memory.map { Memory(limit: $0) },
                                      cpu: cpus.map { CPU(quota: Int64(($0 * 100_000).rounded()), period: 100_000) }),
                 namespaces: ["pid", "ipc", "uts", "mount", "cgroup"].map { Namespace(type: $0) }
-                    + (network == "host" ? [] : [Namespace(type: "network", path: netns)]),
+                    + (network == "host" ? [] : [Namespace(type: "network", path: netns)])
+                    + (userRange == nil ? [] : [Namespace(type: "user")]),
+                uidMappings: userRange.map { [IDMapping(containerID: 0, hostID: $0, size: 65536)] },
+                gidMappings: userRange.map { [IDMapping(containerID: 0, hostID: $0, size: 65536)] },
                 maskedPaths: ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
                               "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
                 readonlyPaths: ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]))

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CKangaroo
 import Foundation
 import KangarooImage
 import KangarooNetwork
@@ -37,6 +38,8 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Give the container a disk of its own of this size (K, M, G suffixes) from the node's disk pool (kangaroo disk): its writable layer lives there, so filling it gives ENOSPC and touches nothing else.", valueName: "size"))
     var diskSize: String?
     @OptionGroup var disks: DiskOptions
+    @Flag(help: "Run in a user namespace of its own: root inside is a range of 65,536 host ids no other container has; the image appears with its owners through an idmapped mount.")
+    var userns = false
     @Option(help: ArgumentHelp("The pod network's configuration for --network pod (a kangaroo-cni .conf/.conflist); without the file, the built-in default (bridge kgr0, 10.77.0.0/16).", valueName: "path"))
     var networkConfig: String = RunCommand.defaultNetworkConfig
     @Flag(inversion: .prefixedNo, help: "Mount the image lazily (data fetched on first read); default: on for registry references only.")
@@ -62,6 +65,9 @@ struct RunCommand: AsyncParsableCommand {
             if let cpus, !(cpus > 0 && cpus <= 1024) { throw CLIError("--cpus must be > 0") }
             guard ["none", "host", "pod"].contains(network) else { throw CLIError("--network '\(network)' is not one of none, host, pod") }
             let podNetwork = network == "pod" ? try Self.loadNetwork(networkConfig) : nil
+            if userns && network != "none" {
+                throw CLIError("--userns with --network \(network) is not supported yet (the namespace's sysfs needs a network namespace of its own)")
+            }
             let diskBytes: UInt64? = try diskSize.map {
                 guard let n = parseSize($0), n >= 16 << 20 else { throw CLIError("--disk-size '\($0)' is not a size of at least 16M") }
                 return UInt64(n)
@@ -104,6 +110,7 @@ struct RunCommand: AsyncParsableCommand {
             try r.save(paths)
 
             // 3. read-only image mount (shared), overlay on top
+            var userRange: UInt32?
             try ImageRootfs.withLock(paths, key) {
                 let lower: String
                 if let lazyReference {
@@ -116,15 +123,25 @@ struct RunCommand: AsyncParsableCommand {
                     marks.append(("image mount", Date()))
                 }
                 var writable = dir
+                var layer = lower
+                if userns {
+                    userRange = try Self.mapImage(lower, id: id, dir: dir, paths: paths)
+                    layer = dir + "/lower"
+                    marks.append(("idmapped image", Date()))
+                }
                 if let diskBytes {
                     writable = try Self.mountDisk(disks, size: diskBytes, id: id, dir: dir)
                     marks.append(("disk", Date()))
                 }
                 for sub in ["upper", "work"] {
                     try FileManager.default.createDirectory(atPath: writable + "/" + sub, withIntermediateDirectories: false)
+                    // The container's root writes as the range's first id.
+                    if let userRange, chown(writable + "/" + sub, userRange, userRange) != 0 {
+                        throw CLIError("cannot give \(writable)/\(sub) to the container's ids: \(String(cString: strerror(errno)))")
+                    }
                 }
                 try FileManager.default.createDirectory(atPath: dir + "/rootfs", withIntermediateDirectories: false)
-                let data = "lowerdir=\(lower),upperdir=\(writable)/upper,workdir=\(writable)/work"
+                let data = "lowerdir=\(layer),upperdir=\(writable)/upper,workdir=\(writable)/work"
                 guard mount("overlay", dir + "/rootfs", "overlay", 0, data) == 0 else {
                     throw CLIError("mounting overlayfs at \(dir)/rootfs failed: \(String(cString: strerror(errno)))")
                 }
@@ -145,7 +162,7 @@ struct RunCommand: AsyncParsableCommand {
             try RootFile.write(rootfs, ["etc", "hosts"], "127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t\(cname)\n")
             let config = try BundleConfig.make(id: id, hostname: cname, image: imageConfig, command: command,
                                                extraEnv: env, memory: memoryLimit, cpus: cpus, rootfs: rootfs,
-                                               network: network, netns: netns)
+                                               network: network, netns: netns, userRange: userRange)
             try config.write(to: dir + "/config.json")
 
             // 6. the container
@@ -193,6 +210,23 @@ struct RunCommand: AsyncParsableCommand {
     }
 
     static let defaultNetworkConfig = "/etc/kangaroo/network.conf"
+
+    /// --userns: the container's id range, and the image mounted idmapped
+    /// with it at DIR/lower (the range's first id sees the image's root).
+    static func mapImage(_ image: String, id: String, dir: String, paths: StatePaths) throws -> UInt32 {
+        let base: UInt32
+        do { base = try IDRangePool(directory: paths.stateDirectory + "/idranges").acquire(owner: id) } catch {
+            throw CLIError("--userns: \(error)")
+        }
+        try "\(base)\n".write(toFile: dir + "/userns", atomically: true, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: dir + "/lower", withIntermediateDirectories: false)
+        let rc = kr_idmapped_mount(image, dir + "/lower", base, 65536)
+        guard rc == 0 else {
+            throw CLIError("--userns: cannot mount the image idmapped (\(String(cString: strerror(-rc))))"
+                           + (rc == -EINVAL ? "; a lazy (FUSE) image cannot be idmapped yet: use --no-lazy" : ""))
+        }
+        return base
+    }
 
     /// The container's disk from the pool, mounted at DIR/disk (ext4); its
     /// pool options in DIR/disk.json for teardown. Returns DIR/disk.

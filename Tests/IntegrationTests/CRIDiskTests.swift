@@ -64,10 +64,19 @@ struct CRIDiskTests {
         #expect(status.contains("DISKS") && status.contains("2 attached"), "\(status)")
         let removed = try run("python3", [script, containerd.socket, "--remove-all"])
         #expect(removed.stdout.contains("\"removed\": 2"), "\(removed.output)")
-        let after = try disks()
-        #expect(after["attached"] as? Int == 0, "\(after)")
-        let loops = try run("/usr/sbin/losetup", ["-a"]).stdout.split(separator: "\n").filter { $0.contains(node.sub("disks/node.img")) }
-        #expect(loops.count == (after["disks"] as? [Any])?.count, "loop devices \(loops) vs disks \(after)")
+        // The daemon refills the pool meanwhile: once it has its 2 free
+        // disks again, every loop device over the node file is one of them.
+        func loops() throws -> [Substring] {
+            try run("/usr/sbin/losetup", ["-a"]).stdout.split(separator: "\n").filter { $0.contains(node.sub("disks/node.img")) }
+        }
+        var after = try disks()
+        for _ in 0..<100 where try after["free"] as? Int != 2 || (after["disks"] as? [Any])?.count != 2 || loops().count != 2 {
+            usleep(100_000)
+            after = try disks()
+        }
+        #expect(after["attached"] as? Int == 0 && after["free"] as? Int == 2, "\(after)")
+        let left = try loops()
+        #expect(left.count == 2, "loop devices \(left) vs disks \(after)")
         let mounts = (procText("/proc/self/mountinfo") ?? "").split(separator: "\n").filter { $0.contains(node.sub("state/disks")) }
         #expect(mounts.isEmpty, "\(mounts)")
     }

@@ -119,3 +119,53 @@ struct DiskTests {
         #expect(try f.loops().isEmpty)
     }
 }
+
+@Suite("user-namespaced containers", .serialized, .enabled(if: TestEnv.enabled, "needs root and KANGAROO_INTEGRATION=1"))
+struct UserNamespaceTests {
+    /// The host uid of a process (the real uid of /proc/PID/status).
+    func hostUID(_ pid: Int32) -> UInt32? {
+        guard let text = procText("/proc/\(pid)/status"),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("Uid:") }) else { return nil }
+        return line.split(whereSeparator: { $0 == "\t" || $0 == " " }).dropFirst().first.flatMap { UInt32($0) }
+    }
+
+    @Test("--userns: root inside is a range of 65,536 host ids of its own; the image shows its owners; files land on the disk as the mapped id")
+    func rangesAndOwners() throws {
+        let f = try DiskFixture(pool: 0)
+        var ranges: [UInt32] = []
+        var ids: [String] = []
+        for name in ["u1", "u2"] {
+            let id = try f.k(["run", "-d", "--userns", "--disk-size", "64M", "--name", name, "sample", "/bin/sh", "-c",
+                              "echo mine > /made-inside; sleep 1000"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            ids.append(id)
+            let state = try String(contentsOfFile: f.run.tmp.sub("state/containers/\(id)/userns"), encoding: .utf8)
+            ranges.append(UInt32(state.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0)
+        }
+        #expect(ranges[0] >= 65536 && ranges[1] >= 65536 && (ranges[0] + 65536 <= ranges[1] || ranges[1] + 65536 <= ranges[0]), "\(ranges)")
+        // On the host the containers' processes run under their ranges.
+        let pids = (try FileManager.default.contentsOfDirectory(atPath: "/proc")).compactMap { Int32($0) }
+        for (i, range) in ranges.enumerated() {
+            let mine = pids.filter { hostUID($0) == range }
+            #expect(!mine.isEmpty, "container \(i): no process of host uid \(range)")
+        }
+        // Inside: uid 0, the map, the image's files owned by root.
+        let inside = try f.k(["run", "--rm", "--userns", "sample", "/bin/sh", "-c", "id -u; cat /proc/self/uid_map; stat -c '%u %n' /bin/busybox; touch /bin/busybox && echo wrote-image-file"])
+        let lines = inside.stdout.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+        #expect(lines.first == "0" && lines.count >= 4, "\(inside.output)")
+        let map = lines.count > 1 ? lines[1].split(separator: " ").filter { !$0.isEmpty } : []
+        #expect(map.count == 3 && map[0] == "0" && UInt32(map[1]) ?? 0 >= 65536 && map[2] == "65536", "\(lines)")
+        #expect(lines.contains("0 /bin/busybox") && lines.contains("wrote-image-file"), "\(lines)")
+        // A file made inside is owned on the container's disk by its host id.
+        for _ in 0..<50 where !FileManager.default.fileExists(atPath: f.run.tmp.sub("state/containers/\(ids[0])/disk/upper/made-inside")) { usleep(100_000) }
+        var st = stat()
+        #expect(stat(f.run.tmp.sub("state/containers/\(ids[0])/disk/upper/made-inside"), &st) == 0 && st.st_uid == ranges[0], "owner \(st.st_uid), range \(ranges[0])")
+        // Removal gives the ranges and the idmapped image mounts back.
+        for id in ids { try f.k(["rm", "-f", id]) }
+        let left = (try? String(contentsOfFile: f.run.tmp.sub("state/idranges/idranges.json"), encoding: .utf8)) ?? ""
+        #expect(!left.contains(ids[0]) && !left.contains(ids[1]), "\(left)")
+        let mounts = (procText("/proc/self/mountinfo") ?? "").split(separator: "\n").filter { $0.contains(f.run.tmp.path + "/state/containers") }
+        #expect(mounts.isEmpty, "\(mounts)")
+        let bad = try f.k(["run", "--rm", "--userns", "--network", "host", "sample"], check: false)
+        #expect(bad.status != 0 && bad.stderr.contains("--userns with --network host is not supported"), "\(bad.output)")
+    }
+}

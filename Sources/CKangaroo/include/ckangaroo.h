@@ -148,6 +148,11 @@ int kr_unshare(int flags);
 int kr_loop_attach(int fd, unsigned long long offset, unsigned long long size);
 // Detaches loop device `number` (LOOP_CLR_FD); 0 or -errno.
 int kr_loop_detach(int number);
+// An idmapped clone of the mount tree at `source` attached at `target`:
+// ids 0..count-1 of the mount appear for host ids base..base+count-1 (a
+// user namespace with that mapping is made for it by a short-lived child).
+// 0 or -errno.
+int kr_idmapped_mount(const char *source, const char *target, unsigned base, unsigned count);
 // A clone of the mount at `source` put beneath the top mount at `target`
 // (open_tree + move_mount MOVE_MOUNT_BENEATH, Linux 6.5): unmounting the top
 // then reveals it, with no instant where `target` has neither. 0 or -errno.
