@@ -197,6 +197,9 @@ public final class DiskPool {
     /// Tops the pool up to `poolSize` formatted disks; returns how many it made.
     @discardableResult
     public func fill() throws(DiskError) -> Int {
+        for d in try read() where d.state == .releasing && !attachedLoop(d) {
+            try finishRelease(d, wait: .zero)
+        }
         var made = 0
         while true {
             let next = try update { (disks: inout [Disk]) throws(DiskError) -> Disk? in
@@ -261,22 +264,61 @@ public final class DiskPool {
             return disks[i]
         }
         guard let disk else { return false }
-        try scrub(disk)
+        try finishRelease(disk, wait: .seconds(2))
+        return true
+    }
+
+    /// Detaches a releasing disk's loop device and, once the kernel has let
+    /// it go, punches the region and forgets the disk. A device still held
+    /// (its file system mounted somewhere, even lazily detached: the kernel
+    /// then only marks it to detach itself at its last close) keeps its
+    /// region reserved; `fill` finishes it later. False while it is held.
+    @discardableResult
+    func finishRelease(_ disk: Disk, wait: Duration) throws(DiskError) -> Bool {
+        if disk.loop != nil {
+            try detachIfOurs(disk)
+            let deadline = ContinuousClock.now + wait
+            while attachedLoop(disk) {
+                guard ContinuousClock.now < deadline else { return false }
+                usleep(20_000)
+            }
+        }
+        try punch(disk)
         try update { (disks: inout [Disk]) throws(DiskError) in disks.removeAll { $0.offset == disk.offset } }
         return true
     }
 
-    func scrub(_ disk: Disk) throws(DiskError) {
-        if let loop = disk.loop {
-            do { try LoopDevice.detach(loop) } catch {
-                throw DiskError("cannot detach \(disk.device!) (still mounted?)", underlying: error)
-            }
+    /// Detaches the disk's loop device if it still maps the disk's region of
+    /// the node file: a number recorded earlier may name another file's
+    /// device by now (the kernel reuses numbers), which must be left alone.
+    func detachIfOurs(_ disk: Disk) throws(DiskError) {
+        guard let loop = disk.loop, attachedLoop(disk) else { return }
+        do { try LoopDevice.detach(loop) } catch {
+            throw DiskError("cannot detach \(disk.device!) (still mounted?)", underlying: error)
         }
+    }
+
+    /// Whether the disk's loop device still maps its region of the node file.
+    func attachedLoop(_ disk: Disk) -> Bool {
+        guard let loop = disk.loop else { return false }
+        return LoopDevice.attached().contains { $0.number == loop && $0.offset == disk.offset && $0.backingFile == nodeFilePath }
+    }
+
+    var nodeFilePath: String {
+        realpath(config.nodeFile, nil).map { p in defer { free(p) }; return String(cString: p) } ?? config.nodeFile
+    }
+
+    func punch(_ disk: Disk) throws(DiskError) {
         let fd = try openNodeFile()
         defer { close(fd) }
         guard ckg_punch_hole(fd, Int64(disk.offset), Int64(disk.size)) == 0 else {
             throw DiskError("cannot discard the region at \(disk.offset) of \(config.nodeFile)", underlying: Errno(rawValue: errno))
         }
+    }
+
+    func scrub(_ disk: Disk) throws(DiskError) {
+        try detachIfOurs(disk)
+        try punch(disk)
     }
 
     /// Makes the state and the kernel agree (node daemon start): loop
@@ -286,7 +328,7 @@ public final class DiskPool {
     /// attached ones without it (after a reboot) are attached again.
     @discardableResult
     public func reconcile() throws(DiskError) -> Int {
-        let real = realpath(config.nodeFile, nil).map { p in defer { free(p) }; return String(cString: p) } ?? config.nodeFile
+        let real = nodeFilePath
         return try update { (disks: inout [Disk]) throws(DiskError) -> Int in
             var fixed = 0
             let loops = LoopDevice.attached().filter { $0.backingFile == real }
@@ -298,6 +340,12 @@ public final class DiskPool {
             for var d in disks {
                 let live = loops.contains { $0.number == d.loop && $0.offset == d.offset }
                 switch d.state {
+                case .releasing where live:
+                    // Detach again (a daemon killed before it did); a device
+                    // still held keeps its region until `fill` finishes it.
+                    try? detachIfOurs(d)
+                    kept.append(d)
+                    fixed += 1
                 case .formatting, .releasing:
                     try scrub(live ? d : Disk(offset: d.offset, size: d.size, state: d.state))
                     fixed += 1
@@ -338,7 +386,7 @@ public final class DiskPool {
     /// disks nobody has mounted).
     public func remove() throws(DiskError) {
         try update { (disks: inout [Disk]) throws(DiskError) in
-            for d in disks { if let loop = d.loop { try? LoopDevice.detach(loop) } }
+            for d in disks { try? detachIfOurs(d) }
             disks = []
         }
         unlink(config.nodeFile)

@@ -109,7 +109,9 @@ public final class SandboxDisks: Sendable {
         guard let role = try? Self.role(bundle: bundle) else { return }
         let mnt = mountPoint(namespace: namespace, sandbox: role.sandbox)
         if role.isSandbox {
-            Mounts.detachAll(under: [mnt])
+            // A plain unmount first (the disk is then free at once); lazily
+            // if something still holds it (the pool waits for the device).
+            if umount2(mnt, 0) != 0 { Mounts.detachAll(under: [mnt]) }
             rmdir(mnt)
             _ = try? DiskPool(config: pool).release(owner: owner(namespace: namespace, sandbox: role.sandbox))
         } else {

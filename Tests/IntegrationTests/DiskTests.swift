@@ -120,8 +120,9 @@ struct DiskTests {
     }
 }
 
-@Suite("user-namespaced containers", .serialized, .enabled(if: TestEnv.enabled, "needs root and KANGAROO_INTEGRATION=1"))
-struct UserNamespaceTests {
+/// User-namespaced containers (in the disk tests' serialized suite: they
+/// take disks too).
+extension DiskTests {
     /// The host uid of a process (the real uid of /proc/PID/status).
     func hostUID(_ pid: Int32) -> UInt32? {
         guard let text = procText("/proc/\(pid)/status"),
