@@ -156,9 +156,13 @@ struct CRINetworkTests {
             // The pool's free pairs stay (3 of 4 were taken, refilled by a
             // daemon only); the pods' pairs go.
             let pairs = try links(prefix: "kt41x")
+            // Then the network goes (while its configuration still exists).
+            let remove = try run(TestEnv.kangaroo, ["network", "remove", confPath])
+            let table = try run("/usr/sbin/nft", ["list", "table", "ip", "kangaroo_kgt_pods"])
             return (pods == 0 ? [] : ["\(pods) pods in the network's state"]) + (pairs.count == 1 ? [] : ["interfaces \(pairs)"])
+                + (remove.status == 0 ? [] : ["network remove: \(remove.output)"])
+                + (try links(prefix: "kgtk0").isEmpty && table.status != 0 ? [] : ["the bridge or the nftables table outlived network remove"])
         })
-        defer { _ = try? run(TestEnv.kangaroo, ["network", "remove", confPath]) }
         #expect(kangaroo.reach == ["pod to pod": "200", "node to pod": "200", "host port from the node": "200"], "\(kangaroo.reach)")
         #expect(reference.reach == kangaroo.reach, "reference \(reference.reach)")
         #expect(kangaroo.addresses == reference.addresses, "kangaroo:\n\(kangaroo.addresses)\nreference:\n\(reference.addresses)")
