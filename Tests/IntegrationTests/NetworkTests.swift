@@ -372,7 +372,9 @@ struct NetworkTests {
     @Test("the CNI spec's call orders give kangaroo-cni the outcomes they give the reference bridge plugin (scripts/cni-conformance.py)")
     func conformanceBesideTheBridgePlugin() throws {
         let dir = try TempDir("cni-conf")
-        let ref = #"{"cniVersion":"1.0.0","name":"confref","type":"bridge","bridge":"kgt-cref","isGateway":true,"ipMasq":true,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.240.17.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":"IPAM"}}"#
+        // ipMasq off: the bridge plugin's DEL without a namespace leaves its
+        // per-container masquerade chains behind (its own limitation).
+        let ref = #"{"cniVersion":"1.0.0","name":"confref","type":"bridge","bridge":"kgt-cref","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.240.17.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":"IPAM"}}"#
             .replacingOccurrences(of: "IPAM", with: dir.sub("ipam"))
         let kgt = #"{"cniVersion":"1.0.0","name":"confkg","type":"kangaroo-cni","bridge":"kgt-ckg","subnet":"10.240.18.0/24","ifPrefix":"kt18x","poolSize":0,"stateDir":"STATE"}"#
             .replacingOccurrences(of: "STATE", with: dir.sub("state"))
