@@ -144,7 +144,18 @@ public func runOnTerminal(_ command: [String], input: String, typeAfter: Double 
             if not data: break
             out += data
     sys.stdout.write(out.decode(errors="replace"))
-    _, status = os.waitpid(pid, 0)
+    # A command still running 10 s after the output loop ends is killed, so
+    # that a hang fails the test instead of stopping the run.
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        p, status = os.waitpid(pid, os.WNOHANG)
+        if p:
+            break
+        time.sleep(0.1)
+    else:
+        sys.stdout.write("[killed: still running 70 s after it started]")
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
     sys.exit(os.waitstatus_to_exitcode(status))
     """
     let options: [String: Any] = ["input": input, "after": typeAfter, "marker": marker ?? "", "kill": pid.map(Int.init) ?? 0]
