@@ -61,6 +61,8 @@ public struct Disk: Sendable, Equatable {
     public var loop: Int?
     public var state: State
     public var owner: String?
+    /// The process formatting it (reconcile leaves a live one's disk alone).
+    public var pid: Int32?
 
     public var device: String? { loop.map { "/dev/loop\($0)" } }
 
@@ -68,6 +70,7 @@ public struct Disk: Sendable, Equatable {
         var m: [(String, JSON)] = [("offset", .uint64(offset)), ("size", .uint64(size)), ("state", .string(state.rawValue))]
         if let loop { m.append(("loop", .int(loop))) }
         if let owner { m.append(("owner", .string(owner))) }
+        if let pid { m.append(("pid", .int(pid))) }
         return .object(m)
     }
 
@@ -75,6 +78,7 @@ public struct Disk: Sendable, Equatable {
         self.offset = offset
         self.size = size
         self.state = state
+        if state == .formatting { pid = getpid() }
     }
 
     init?(_ j: JSON) {
@@ -83,6 +87,7 @@ public struct Disk: Sendable, Equatable {
         self.init(offset: offset, size: size, state: state)
         loop = j["loop"]?.int
         owner = j["owner"]?.string
+        pid = j["pid"]?.int.map { Int32($0) }
     }
 }
 
@@ -216,6 +221,7 @@ public final class DiskPool {
                 if let i = disks.firstIndex(where: { $0.offset == formatted.offset }) {
                     disks[i] = formatted
                     disks[i].state = .free
+                    disks[i].pid = nil
                 }
             }
             made += 1
@@ -247,6 +253,7 @@ public final class DiskPool {
         guard fresh else { return disk }
         var made = try make(disk)
         made.state = .attached
+        made.pid = nil
         try update { (disks: inout [Disk]) throws(DiskError) in
             if let i = disks.firstIndex(where: { $0.offset == made.offset }) { disks[i] = made }
         }
@@ -332,7 +339,10 @@ public final class DiskPool {
         return try update { (disks: inout [Disk]) throws(DiskError) -> Int in
             var fixed = 0
             let loops = LoopDevice.attached().filter { $0.backingFile == real }
-            for l in loops where !disks.contains(where: { $0.loop == l.number && $0.offset == l.offset }) {
+            // A disk another live process (or this one) is formatting is its
+            // business: its region's device is not a stray.
+            func beingMade(_ d: Disk) -> Bool { d.state == .formatting && d.pid.map { kill($0, 0) == 0 } == true }
+            for l in loops where !disks.contains(where: { ($0.loop == l.number || beingMade($0)) && $0.offset == l.offset }) {
                 try? LoopDevice.detach(l.number)
                 fixed += 1
             }
@@ -340,6 +350,8 @@ public final class DiskPool {
             for var d in disks {
                 let live = loops.contains { $0.number == d.loop && $0.offset == d.offset }
                 switch d.state {
+                case .formatting where beingMade(d):
+                    kept.append(d)
                 case .releasing where live:
                     // Detach again (a daemon killed before it did); a device
                     // still held keeps its region until `fill` finishes it.
