@@ -73,6 +73,9 @@ public struct FUSEInitFlags: OptionSet, Sendable, Hashable {
     public static let initExt = FUSEInitFlags(rawValue: 1 << 30)
     public static let passthrough = FUSEInitFlags(rawValue: 1 << 37)
     public static let noExportSupport = FUSEInitFlags(rawValue: 1 << 38)
+    /// Idmapped mounts of the file system (7.40, with default_permissions):
+    /// a user-namespaced container sees a lazy image with its owners mapped.
+    public static let allowIdmap = FUSEInitFlags(rawValue: 1 << 40)
     /// FUSE over io_uring (7.42): the kernel offers it when the fuse module
     /// has enable_uring set; requests then travel through per-CPU rings.
     public static let overIOUring = FUSEInitFlags(rawValue: 1 << 41)
@@ -81,7 +84,7 @@ public struct FUSEInitFlags: OptionSet, Sendable, Hashable {
     public static let wanted: FUSEInitFlags = [
         .asyncRead, .parallelDirops, .cacheSymlinks, .doReaddirplus,
         .maxPages, .abortError, .asyncDIO, .initExt,
-        .noOpenSupport, .noOpendirSupport, .overIOUring,
+        .noOpenSupport, .noOpendirSupport, .overIOUring, .allowIdmap,
     ]
 }
 

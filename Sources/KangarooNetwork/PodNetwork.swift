@@ -21,6 +21,8 @@ public struct PodAttachment: Sendable, Equatable {
     public var ports: [PortMapping]
     /// Whether the interface came from the pool (false: built on the spot).
     public var fromPool: Bool
+    /// How long the ADD took, lock wait included (microseconds).
+    public var setupMicros: Int?
 }
 
 /// The node's pod network: one bridge with the subnet's gateway address,
@@ -33,7 +35,11 @@ public struct PodAttachment: Sendable, Equatable {
 /// plugin (one process per call) and the node daemon's filler can run at
 /// once; the kernel is changed first and the state written last, and
 /// `reconcile` removes what a killed process left between the two.
-public final class PodNetwork {
+///
+/// Sendable for handing to a worker thread: its state is on disk under the
+/// lock, and its one netlink socket must be used by one thread at a time
+/// (the callers do so).
+public final class PodNetwork: @unchecked Sendable {
     public let config: NetworkConfig
     let store: PoolStore
     let netlink: Netlink
@@ -191,6 +197,16 @@ public final class PodNetwork {
             let portsBefore = portElements(state)
             for slot in state.slots.values.sorted(by: { $0.number < $1.number }) {
                 let host = config.hostName(slot.number)
+                // Being attached by a live plugin: its pair may not exist yet.
+                if let pid = slot.pid, pid != getpid(), kill(pid, 0) == 0 || errno == EPERM { continue }
+                if slot.pid != nil {
+                    // Its plugin died half way: the pod never got it.
+                    try deleteLink(host)
+                    if let pin = slot.pin { Self.unpin(pin) }
+                    state.slots[slot.number] = nil
+                    repair.releasedAttachments += 1
+                    continue
+                }
                 switch slot.state {
                 case .free where !names.contains(host) || slot.pin.map({ !Self.isNamespace($0) }) ?? true:
                     try deleteLink(host)
@@ -246,13 +262,13 @@ public final class PodNetwork {
     /// (pinned by a bind mount) with lo up and `podInterface` configured
     /// (address, default route), its veth peer on the bridge.
     @discardableResult
-    public func fill(batch: Int = 4) throws(NetworkError) -> Int {
+    public func fill(batch: Int = 4, stop: () -> Bool = { false }) throws(NetworkError) -> Int {
         try ensureNode()
         do { try FileSystem.makeDirectories(pinDirectory, mode: 0o700) } catch {
             throw NetworkError(.system, "cannot create \(pinDirectory)", underlying: error)
         }
         var made = 0
-        while true {
+        while !stop() {
             let n = try store.update { (state: inout PoolState) throws(NetworkError) -> Int in
                 let missing = min(batch, config.poolSize - state.free.count)
                 guard missing > 0 else { return 0 }
@@ -268,6 +284,7 @@ public final class PodNetwork {
             made += n
             if n == 0 { return made }
         }
+        return made
     }
 
     /// The interface name of the prepared namespaces (CRI asks for eth0).
@@ -362,6 +379,11 @@ public final class PodNetwork {
     /// sees: `kangaroo run`'s).
     public func attach(containerID: String, ifname: String, netns: String, ports: [PortMapping] = [],
                        loopback: Bool = false) throws(NetworkError) -> PodAttachment {
+        try attach(containerID: containerID, ifname: ifname, netns: netns, ports: ports, loopback: loopback, prepared: true, started: .now)
+    }
+
+    func attach(containerID: String, ifname: String, netns: String, ports: [PortMapping], loopback: Bool,
+                prepared: Bool, started: ContinuousClock.Instant) throws(NetworkError) -> PodAttachment {
         try ensureNode()
         let target = open(netns, O_RDONLY | O_CLOEXEC)
         guard target >= 0 else {
@@ -369,73 +391,88 @@ public final class PodNetwork {
         }
         defer { close(target) }
         let pod = try Netlink(netnsFD: target, name: netns)
-        return try store.update { (state: inout PoolState) throws(NetworkError) -> PodAttachment in
-            try attachLocked(&state, containerID: containerID, ifname: ifname, netns: netns, target: target, pod: pod, ports: ports,
-                             loopback: loopback)
+        // A second ADD of the same container and interface: the first's.
+        if let slot = try store.read().slot(container: containerID, ifname: ifname), slot.pid == nil { return try attachment(slot) }
+        // Checked before the lock: what the runtime handed over.
+        let podLinks = try pod.links()
+        if podLinks.contains(where: { $0.name == ifname }) {
+            throw NetworkError(.invalidConfig, "the network namespace \(netns) already has an interface \(ifname)")
         }
-    }
-
-    func attachLocked(_ state: inout PoolState, containerID: String, ifname: String, netns: String, target: Int32, pod: Netlink,
-                      ports: [PortMapping], loopback: Bool) throws(NetworkError) -> PodAttachment {
-            if let slot = state.slot(container: containerID, ifname: ifname) {
-                return try attachment(slot, fromPool: slot.pin != nil)
-            }
+        let substitutable = prepared && config.preparedNamespaces && ifname == Self.podInterface && !netns.hasPrefix("/proc/")
+            && podLinks.allSatisfy({ $0.name == "lo" }) && Self.isNamespace(netns)
+        // The lock is held only to book a slot and, at the end, to record
+        // it: the kernel work in between (the namespace put in place, or a
+        // pair built on the spot) runs beside other pods' ADDs. A booked
+        // slot names this process, so that reconcile leaves it alone.
+        let booked = try store.update { (state: inout PoolState) throws(NetworkError) -> (Slot, done: Bool) in
+            if let slot = state.slot(container: containerID, ifname: ifname) { return (slot, true) }
             for p in ports {
                 if let owner = state.attached.first(where: { $0.ports.contains { $0.hostPort == p.hostPort && $0.proto == p.proto } }) {
                     throw NetworkError(.invalidConfig, "host port \(p.hostPort)/\(p.proto) is taken by container \(owner.containerID ?? "?")")
                 }
             }
-            let podLinks = try pod.links()
-            if podLinks.contains(where: { $0.name == ifname }) {
-                throw NetworkError(.invalidConfig, "the network namespace \(netns) already has an interface \(ifname)")
-            }
             var slot: Slot
-            let substitutable = config.preparedNamespaces && ifname == Self.podInterface && !netns.hasPrefix("/proc/")
-                && podLinks.allSatisfy({ $0.name == "lo" }) && Self.isNamespace(netns)
-            var prepared: Slot?
             if substitutable, let free = state.free.first {
-                do throws(NetworkError) {
-                    try substitute(free.pin!, for: netns)
-                    prepared = free
-                } catch {
-                    // That slot goes; the pod gets a pair on the spot.
-                    _ = try? netlink.deleteLink(named: config.hostName(free.number))
-                    state.slots[free.number] = nil
-                }
-                Self.unpin(free.pin!)
-            }
-            if let prepared {
-                slot = prepared
+                slot = free
+                slot.pooled = true
             } else {
                 guard let number = state.unusedNumber(in: config.slots) else {
                     throw NetworkError(.exhausted, "the subnet \(config.subnet) of network \(config.name) has no free address (\(state.attached.count) pods attached)")
                 }
-                try makePair(number, peer: ifname, bridge: try bridgeLink().index, peerNetnsFD: target)
-                slot = Slot(number: number, state: .free)
-                do throws(NetworkError) { slot.podMAC = try configurePod(number, netnsFD: target, netns: netns, ifname: ifname, loopback: loopback) } catch {
-                    _ = try? netlink.deleteLink(named: config.hostName(number))
-                    throw error
-                }
+                slot = Slot(number: number, state: .attached)
+                slot.pooled = false
             }
-            let fromPool = slot.pin != nil
-            slot.pin = nil
             slot.state = .attached
             slot.containerID = containerID
             slot.ifname = ifname
             slot.netns = netns
             slot.ports = ports
-            var next = state
-            next.slots[slot.number] = slot
-            if !ports.isEmpty {
-                do throws(NetworkError) { try syncPorts(next) } catch {
-                    // The pod's pair goes; its namespace stays the runtime's.
-                    _ = try? netlink.deleteLink(named: config.hostName(slot.number))
-                    state.slots[slot.number] = nil
-                    throw error
-                }
+            slot.pid = getpid()
+            state.slots[slot.number] = slot
+            return (slot, false)
+        }
+        var slot = booked.0
+        if booked.done { return try attachment(slot) }
+        func drop(_ error: NetworkError) -> NetworkError {
+            _ = try? netlink.deleteLink(named: config.hostName(slot.number))
+            if let pin = slot.pin { Self.unpin(pin) }
+            _ = try? store.update { (state: inout PoolState) throws(NetworkError) in
+                if state.slots[slot.number]?.pid == slot.pid { state.slots[slot.number] = nil }
             }
-            state = next
-            return try attachment(slot, fromPool: fromPool)
+            return error
+        }
+        if let pin = slot.pin {
+            do throws(NetworkError) { try substitute(pin, for: netns) } catch {
+                // That slot goes; the pod gets a pair on the spot.
+                _ = drop(error)
+                return try attach(containerID: containerID, ifname: ifname, netns: netns, ports: ports, loopback: loopback,
+                                  prepared: false, started: started)
+            }
+            Self.unpin(pin)
+            slot.pin = nil
+        } else {
+            do throws(NetworkError) {
+                try makePair(slot.number, peer: ifname, bridge: try bridgeLink().index, peerNetnsFD: target)
+                slot.podMAC = try configurePod(slot.number, netnsFD: target, netns: netns, ifname: ifname, loopback: loopback)
+            } catch {
+                throw drop(error)
+            }
+        }
+        slot.pid = nil
+        let elapsed = ContinuousClock.now - started
+        slot.setupMicros = Int(elapsed.components.seconds) * 1_000_000 + Int(elapsed.components.attoseconds / 1_000_000_000_000)
+        let recorded = slot
+        do throws(NetworkError) {
+            try store.update { (state: inout PoolState) throws(NetworkError) in
+                var next = state
+                next.slots[recorded.number] = recorded
+                if !ports.isEmpty { try syncPorts(next) }
+                state = next
+            }
+        } catch {
+            throw drop(error)
+        }
+        return try attachment(slot)
     }
 
     /// Puts the prepared namespace pinned at `pin` on the runtime's path
@@ -484,7 +521,7 @@ public final class PodNetwork {
         return link.mac
     }
 
-    func attachment(_ slot: Slot, fromPool: Bool) throws(NetworkError) -> PodAttachment {
+    func attachment(_ slot: Slot) throws(NetworkError) -> PodAttachment {
         let host = config.hostName(slot.number)
         let hostLink = try netlink.link(named: host)
         let bridge = try netlink.link(named: config.bridge)
@@ -492,7 +529,7 @@ public final class PodNetwork {
                              slot: slot.number, address: IPv4Prefix(config.subnet.host(slot.number), config.subnet.length),
                              gateway: config.gateway, bridge: config.bridge, bridgeMAC: bridge?.mac ?? "",
                              hostInterface: host, hostMAC: hostLink?.mac ?? "", podMAC: slot.podMAC ?? "",
-                             ports: slot.ports, fromPool: fromPool)
+                             ports: slot.ports, fromPool: slot.pooled ?? true, setupMicros: slot.setupMicros)
     }
 
     /// Takes the pod's interface away: the pair is destroyed (nothing of the
@@ -554,7 +591,7 @@ public final class PodNetwork {
     public func status() throws(NetworkError) -> Status {
         let state = try store.read()
         return Status(free: state.free.count,
-                      attached: try state.attached.map { s throws(NetworkError) in try attachment(s, fromPool: true) },
+                      attached: try state.attached.map { s throws(NetworkError) in try attachment(s) },
                       capacity: config.slots.count)
     }
 

@@ -43,6 +43,13 @@ public struct Slot: Sendable, Equatable {
     public var podMAC: String?
     /// The prepared namespace's bind mount (free slots).
     public var pin: String?
+    /// Attached slots: whether the pod got a prepared network from the pool,
+    /// and how long its ADD took (lock wait included), in microseconds.
+    public var pooled: Bool?
+    public var setupMicros: Int?
+    /// The process attaching it, while it does (reconcile leaves the slot
+    /// of a live one alone).
+    public var pid: Int32?
 
     var json: JSON {
         var m: [(String, JSON)] = [("slot", .int(number)), ("state", .string(state.rawValue))]
@@ -52,6 +59,9 @@ public struct Slot: Sendable, Equatable {
         if !ports.isEmpty { m.append(("ports", .array(ports.map(\.json)))) }
         if let podMAC { m.append(("podMAC", .string(podMAC))) }
         if let pin { m.append(("pin", .string(pin))) }
+        if let pooled { m.append(("pooled", .bool(pooled))) }
+        if let setupMicros { m.append(("setupMicros", .int(setupMicros))) }
+        if let pid { m.append(("pid", .int(pid))) }
         return .object(m)
     }
 
@@ -69,6 +79,9 @@ public struct Slot: Sendable, Equatable {
         netns = j["netns"]?.string
         podMAC = j["podMAC"]?.string
         pin = j["pin"]?.string
+        pooled = j["pooled"]?.bool
+        setupMicros = j["setupMicros"]?.int
+        pid = j["pid"]?.int.map { Int32($0) }
         ports = (j["ports"]?.array ?? []).compactMap { p in
             guard let h = p["hostPort"]?.int, let c = p["containerPort"]?.int, let proto = p["protocol"]?.string,
                   let hp = UInt16(exactly: h), let cp = UInt16(exactly: c) else { return nil }

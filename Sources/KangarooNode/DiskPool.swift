@@ -63,6 +63,10 @@ public struct Disk: Sendable, Equatable {
     public var owner: String?
     /// The process formatting it (reconcile leaves a live one's disk alone).
     public var pid: Int32?
+    /// Attached disks: whether it came from the pool (false: made on the
+    /// spot), and how long acquiring it took (microseconds).
+    public var pooled: Bool?
+    public var setupMicros: Int?
 
     public var device: String? { loop.map { "/dev/loop\($0)" } }
 
@@ -71,6 +75,8 @@ public struct Disk: Sendable, Equatable {
         if let loop { m.append(("loop", .int(loop))) }
         if let owner { m.append(("owner", .string(owner))) }
         if let pid { m.append(("pid", .int(pid))) }
+        if let pooled { m.append(("pooled", .bool(pooled))) }
+        if let setupMicros { m.append(("setupMicros", .int(setupMicros))) }
         return .object(m)
     }
 
@@ -88,10 +94,14 @@ public struct Disk: Sendable, Equatable {
         loop = j["loop"]?.int
         owner = j["owner"]?.string
         pid = j["pid"]?.int.map { Int32($0) }
+        pooled = j["pooled"]?.bool
+        setupMicros = j["setupMicros"]?.int
     }
 }
 
-public final class DiskPool {
+/// Sendable: its state is the state file, read and written under the
+/// directory's lock; the object holds only its configuration.
+public final class DiskPool: @unchecked Sendable {
     public let config: DiskConfig
     var statePath: String { config.stateDir + "/disks.json" }
     var lockPath: String { config.stateDir + "/lock" }
@@ -199,14 +209,15 @@ public final class DiskPool {
         guard status == 0 else { throw DiskError("\(mkfs) \(device) failed (status \(status))") }
     }
 
-    /// Tops the pool up to `poolSize` formatted disks; returns how many it made.
+    /// Tops the pool up to `poolSize` formatted disks; returns how many it
+    /// made. Stops early, between disks, once `stop` says so.
     @discardableResult
-    public func fill() throws(DiskError) -> Int {
+    public func fill(stop: () -> Bool = { false }) throws(DiskError) -> Int {
         for d in try read() where d.state == .releasing && !attachedLoop(d) {
             try finishRelease(d, wait: .zero)
         }
         var made = 0
-        while true {
+        while !stop() {
             let next = try update { (disks: inout [Disk]) throws(DiskError) -> Disk? in
                 let free = disks.filter { $0.state == .free && $0.size == config.defaultSize }.count
                 guard free < config.poolSize,
@@ -226,12 +237,18 @@ public final class DiskPool {
             }
             made += 1
         }
+        return made
     }
 
     /// The owner's disk: from the pool when one of `size` is free, made on
     /// the spot otherwise. A second acquire by the same owner answers the
     /// first's disk.
     public func acquire(owner: String, size: UInt64? = nil) throws(DiskError) -> Disk {
+        let started = ContinuousClock.now
+        func micros() -> Int {
+            let e = ContinuousClock.now - started
+            return Int(e.components.seconds) * 1_000_000 + Int(e.components.attoseconds / 1_000_000_000_000)
+        }
         let size = size ?? config.defaultSize
         guard size >= 16 << 20 else { throw DiskError("a disk of \(size) bytes is too small (at least 16 MiB)") }
         let (disk, fresh) = try update { (disks: inout [Disk]) throws(DiskError) -> (Disk, Bool) in
@@ -239,6 +256,8 @@ public final class DiskPool {
             if let i = disks.firstIndex(where: { $0.state == .free && $0.size == size }) {
                 disks[i].state = .attached
                 disks[i].owner = owner
+                disks[i].pooled = true
+                disks[i].setupMicros = micros()
                 return (disks[i], false)
             }
             guard let offset = Self.place(size, among: disks, nodeSize: config.nodeSize) else {
@@ -254,6 +273,8 @@ public final class DiskPool {
         var made = try make(disk)
         made.state = .attached
         made.pid = nil
+        made.pooled = false
+        made.setupMicros = micros()
         try update { (disks: inout [Disk]) throws(DiskError) in
             if let i = disks.firstIndex(where: { $0.offset == made.offset }) { disks[i] = made }
         }

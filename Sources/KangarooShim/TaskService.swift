@@ -1,6 +1,7 @@
 import ContainerdAPI
 import Dispatch
 import Foundation
+import KangarooNode
 import KangarooRuntime
 import KangarooSystem
 import Logging
@@ -26,6 +27,8 @@ public actor TaskService: TTRPCService {
     let consoleKeeper: ConsoleKeeper?
     /// Sandbox disks (nil: containers write on the snapshotter's upper).
     let disks: SandboxDisks?
+    /// User-namespaced sandboxes (a runtime handler option).
+    let userns: SandboxUserNamespaces
     private var tasks: [Key: TaskRecord] = [:]
     /// Inits whose Start is being answered, and exits held back until the
     /// start event is out.
@@ -82,6 +85,7 @@ public actor TaskService: TTRPCService {
                 disks: SandboxDisks? = nil) {
         self.stateRoot = stateRoot
         self.disks = disks
+        userns = SandboxUserNamespaces(stateRoot: stateRoot)
         self.events = events
         self.reaper = reaper
         self.logger = logger
@@ -341,6 +345,7 @@ public actor TaskService: TTRPCService {
     func create(_ ns: String, _ r: Containerd_Task_V2_CreateTaskRequest, replayed: Bool = false) async throws -> Containerd_Task_V2_CreateTaskResponse {
         let key = Key(namespace: ns, id: r.id)
         guard !r.id.isEmpty else { throw ShimError(.invalidArgument, "Create: empty task id") }
+        NodeActivity.shared.noteStart()
         if replayed, let t = tasks[key] {
             var response = Containerd_Task_V2_CreateTaskResponse()
             response.pid = UInt32(t.initProcess.pid)
@@ -350,25 +355,39 @@ public actor TaskService: TTRPCService {
         if replayed {
             let runtime = self.runtime(ns), id = r.id
             _ = try? await blocking { try runtime.delete(id: id, force: true) }
-            Mounts.detachAll(under: [r.bundle + "/rootfs"])
+            Mounts.detachAll(under: [r.bundle + "/rootfs", userns.containerDir(ns, r.id)])
         }
         guard r.checkpoint.isEmpty else { throw ShimError(.unimplemented, "Create \(r.id): restore from a checkpoint is not supported") }
         var undo = UndoList()
         defer { undo.run() }
         var mounted: String?
+        var rootfs = r.rootfs
+        let (bundle, id) = (r.bundle, r.id)
         if let disks, !r.rootfs.isEmpty || FileSystem.exists(r.bundle + "/config.json") {
-            let (rootfs, bundle, id) = (r.rootfs, r.bundle, r.id)
-            let moved = try await blocking { try disks.rootfs(rootfs, namespace: ns, id: id, bundle: bundle) }
+            let given = rootfs
+            rootfs = try await blocking { try disks.rootfs(given, namespace: ns, id: id, bundle: bundle) }
             undo.add { disks.deleted(namespace: ns, id: id, bundle: bundle) }
-            if !r.rootfs.isEmpty {
-                let target = r.bundle + "/rootfs"
-                try Self.mountRootfs(moved, at: target)
-                mounted = target
-                undo.add { Mounts.detachAll(under: [target]) }
+        }
+        // A user-namespaced sandbox (its handler's option) or one of its
+        // containers: the spec's user namespace, idmapped layers.
+        let userns = self.userns
+        let wantsUserNS = try SandboxUserNamespaces.wanted(r.options)
+        var rootfsTarget = r.bundle + "/rootfs"
+        if wantsUserNS || userns.inUse {
+            let given = rootfs
+            let pids = tasks.filter { $0.key.namespace == ns }.reduce(into: [String: Int32]()) { $0[$1.key.id] = $1.value.initProcess.pid }
+            if let plan = try await blocking({
+                try userns.prepare(namespace: ns, id: id, bundle: bundle, rootfs: given, wanted: wantsUserNS, sandboxPid: { pids[$0] })
+            }) {
+                rootfs = plan.rootfs
+                rootfsTarget = plan.rootfsTarget
+                logger.info("user namespace", metadata: ["container": "\(id)", "range": "\(plan.base)"])
+                undo.add { userns.deleted(namespace: ns, id: id, bundle: bundle) }
             }
-        } else if !r.rootfs.isEmpty {
-            let target = r.bundle + "/rootfs"
-            try Self.mountRootfs(r.rootfs, at: target)
+        }
+        if !rootfs.isEmpty {
+            let target = rootfsTarget
+            try Self.mountRootfs(rootfs, at: target)
             mounted = target
             undo.add { Mounts.detachAll(under: [target]) }
         }
@@ -384,7 +403,6 @@ public actor TaskService: TTRPCService {
         options.stdio = stdio
         options.consoleSocket = socket?.path
         let runtime = self.runtime(ns)
-        let id = r.id
         let pid: Int32
         do {
             let opts = options
@@ -647,6 +665,7 @@ public actor TaskService: TTRPCService {
             if !left.isEmpty { logger.warning("cannot unmount", metadata: ["container": "\(id)", "mounts": "\(left)"]) }
         }
         if let disks { let bundle = t.bundle; _ = try? await blocking { disks.deleted(namespace: ns, id: id, bundle: bundle) } }
+        if userns.inUse { let (userns, bundle) = (self.userns, t.bundle); _ = try? await blocking { userns.deleted(namespace: ns, id: id, bundle: bundle) } }
         t = take(key) ?? t
         let consoles = ([t.initProcess] + t.execs.values).compactMap(\.console)
         if !consoles.isEmpty { _ = try? await blocking { for c in consoles { c.close() } } }

@@ -167,7 +167,13 @@ public final class SnapshotServer: Sendable {
 
     public init(path: String, service: SnapshotService) {
         self.path = path
-        server = GRPCServer(transport: .http2NIOPosix(address: .unixDomainSocket(path: path), transportSecurity: .plaintext),
+        // containerd sends a burst's Prepare calls on one connection at
+        // once. Without an explicit limit NIO's HTTP/2 state machine keeps
+        // its own default of 100 concurrent streams while advertising none,
+        // and a client that opens the 101st gets the connection closed
+        // ("transport is closing" for every call on it).
+        let config = HTTP2ServerTransport.Posix.Config.defaults { $0.http2.maxConcurrentStreams = 16384 }
+        server = GRPCServer(transport: .http2NIOPosix(address: .unixDomainSocket(path: path), transportSecurity: .plaintext, config: config),
                             services: [service])
     }
 

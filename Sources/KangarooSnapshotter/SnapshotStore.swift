@@ -35,6 +35,12 @@ public actor SnapshotStore {
     private var nextID: UInt64
     /// Prepares not yet answered (a repeat of one of them is a duplicate).
     private var preparing: Set<String> = []
+    /// Group commit of the metadata: changes made, changes on disk, the
+    /// write under way.
+    private var generation = 0
+    private var savedGeneration = 0
+    private var writing: (task: Task<SnapshotterError?, Never>, covers: Int, id: Int)?
+    private var writes = 0
     /// Mounts made (or tried) per image, to tell a check that raced one.
     private var mountsMade: [String: Int] = [:]
     /// Image mounts in progress, so concurrent Prepares share one.
@@ -114,7 +120,7 @@ public actor SnapshotStore {
     public func prepare(key: String, parent: String, labels: [String: String], readonly: Bool) async throws -> [MountSpec] {
         try Self.validate(key: key)
         if let role = labels[SnapshotLabels.kangarooLayer] {
-            try createRemoteLayer(key: key, parent: parent, labels: labels, role: role)
+            try await createRemoteLayer(key: key, parent: parent, labels: labels, role: role)
         }
         if let existing = snapshots[key] {
             // The same request again (same parent, kind and labels):
@@ -158,7 +164,7 @@ public actor SnapshotStore {
         let snapshot = Snapshot(id: id, name: key, parent: parentName, kind: readonly ? .view : .active,
                                 created: now, updated: now, labels: labels, remote: nil, usage: nil)
         snapshots[key] = snapshot
-        do { try save() } catch {
+        do { try await save() } catch {
             snapshots[key] = nil
             FileSystem.removeTree(dir)
             throw error
@@ -170,7 +176,7 @@ public actor SnapshotStore {
         } catch {
             // The lazy mount failed: nothing of the snapshot stays.
             snapshots[key] = nil
-            try? save()
+            try? await save()
             FileSystem.removeTree(dir)
             throw error
         }
@@ -184,7 +190,7 @@ public actor SnapshotStore {
         return try await mounts(of: s)
     }
 
-    public func commit(name: String, key: String, labels: [String: String]) throws(SnapshotterError) {
+    public func commit(name: String, key: String, labels: [String: String]) async throws(SnapshotterError) {
         try Self.validate(key: name)
         guard var s = snapshots[key] else { throw SnapshotterError(.notFound, "snapshot \(key) does not exist") }
         guard s.kind == .active else {
@@ -201,7 +207,7 @@ public actor SnapshotStore {
         for (k, v) in labels { s.labels[k] = v }
         snapshots[key] = nil
         snapshots[name] = s
-        do { try save() } catch {
+        do { try await save() } catch {
             snapshots[name] = nil
             snapshots[key] = Snapshot(id: s.id, name: key, parent: s.parent, kind: .active, created: s.created,
                                       updated: s.created, labels: s.labels, remote: nil, usage: nil)
@@ -217,7 +223,7 @@ public actor SnapshotStore {
             throw SnapshotterError(.failedPrecondition, "cannot remove snapshot \(key): snapshot \(child.name) is its child")
         }
         snapshots[key] = nil
-        do { try save() } catch {
+        do { try await save() } catch {
             snapshots[key] = s
             throw error
         }
@@ -236,7 +242,7 @@ public actor SnapshotStore {
 
     /// Update: only labels can change. `paths` as containerd's field mask:
     /// empty (replace all labels), `labels` (the same) or `labels.KEY`.
-    public func update(name: String, labels: [String: String], paths: [String]) throws(SnapshotterError) -> Snapshot {
+    public func update(name: String, labels: [String: String], paths: [String]) async throws(SnapshotterError) -> Snapshot {
         guard var s = snapshots[name] else { throw SnapshotterError(.notFound, "snapshot \(name) does not exist") }
         let old = s
         if paths.isEmpty {
@@ -254,7 +260,7 @@ public actor SnapshotStore {
         }
         s.updated = Date()
         snapshots[name] = s
-        do { try save() } catch {
+        do { try await save() } catch {
             snapshots[name] = old
             throw error
         }
@@ -291,7 +297,7 @@ public actor SnapshotStore {
 
     // MARK: - Kangaroo layers
 
-    private func createRemoteLayer(key: String, parent: String, labels: [String: String], role: String) throws(SnapshotterError) {
+    private func createRemoteLayer(key: String, parent: String, labels: [String: String], role: String) async throws(SnapshotterError) {
         guard let role = RemoteLayer.Role(rawValue: role) else {
             throw SnapshotterError(.invalidArgument, "label \(SnapshotLabels.kangarooLayer)=\(role) is not bootstrap or blob")
         }
@@ -334,7 +340,7 @@ public actor SnapshotStore {
         let name = "kangaroo/" + target
         snapshots[name] = Snapshot(id: id, name: name, parent: parentName, kind: .committed, created: now, updated: now,
                                    labels: keep, remote: remote, usage: SnapshotUsage(size: 0, inodes: 0))
-        do { try save() } catch {
+        do { try await save() } catch {
             snapshots[name] = nil
             FileSystem.removeTree(directory(id))
             throw error
@@ -463,15 +469,45 @@ public actor SnapshotStore {
 
     // MARK: - Storage
 
-    private func save() throws(SnapshotterError) {
-        let encoder = JSONEncoder()
-        encoder.dateEncodingStrategy = .secondsSince1970
-        encoder.outputFormatting = [.sortedKeys]
-        do {
-            let data = try encoder.encode(Metadata(nextID: nextID, snapshots: snapshots.values.sorted { $0.id < $1.id }))
-            try FileSystem.replaceDurably(metadataPath, String(decoding: data, as: UTF8.self))
-        } catch {
-            throw SnapshotterError(.internalError, "cannot write \(metadataPath)", underlying: error)
+    /// Writes the metadata durably before the change is answered, as group
+    /// commit: a change made while a write is under way waits for the next
+    /// write, which covers every change made meanwhile (a burst's hundreds
+    /// of Prepare and Remove calls cost a few writes, not one fsync each).
+    /// The write runs off the actor, so other calls go on meanwhile.
+    private func save() async throws(SnapshotterError) {
+        generation += 1
+        let mine = generation
+        while savedGeneration < mine {
+            // Whoever resumes first after a write does its bookkeeping (the
+            // write's own caller may come later).
+            if let w = writing {
+                let failed = await w.task.value
+                if writing?.id == w.id { writing = nil }
+                if let failed {
+                    if w.covers >= mine { throw failed }
+                } else {
+                    savedGeneration = max(savedGeneration, w.covers)
+                }
+                continue
+            }
+            let encoder = JSONEncoder()
+            encoder.dateEncodingStrategy = .secondsSince1970
+            encoder.outputFormatting = [.sortedKeys]
+            let text: String
+            do {
+                text = String(decoding: try encoder.encode(Metadata(nextID: nextID, snapshots: snapshots.values.sorted { $0.id < $1.id })),
+                              as: UTF8.self)
+            } catch {
+                throw SnapshotterError(.internalError, "cannot encode \(metadataPath)", underlying: error)
+            }
+            let path = metadataPath
+            writing = (Task.detached { () -> SnapshotterError? in
+                do { try FileSystem.replaceDurably(path, text) } catch {
+                    return SnapshotterError(.internalError, "cannot write \(path)", underlying: error)
+                }
+                return nil
+            }, generation, writes)
+            writes += 1
         }
     }
 

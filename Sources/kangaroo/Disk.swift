@@ -21,9 +21,14 @@ struct DiskPoolService: Service {
         } catch {
             throw CLIError("node: disks: \(error)")
         }
+        // Refills wait for the quiet after a burst (a start finds a disk
+        // made on the spot once the pool is out) and run on a thread of
+        // their own at a lower priority.
+        let activity = NodeActivity.shared
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             try? await Task.sleep(for: .seconds(1))
-            do { try pool.fill() } catch {
+            guard activity.isQuiet() else { continue }
+            do { try await PoolWorker.run { () throws(DiskError) in try pool.fill(stop: { !activity.isQuiet() }) } } catch {
                 logger.warning("disks: cannot fill the pool", metadata: ["error": "\(error)"])
             }
         }
@@ -77,6 +82,8 @@ struct DiskStatusCommand: ParsableCommand {
                 var o: [String: Any] = ["offset": d.offset, "size": d.size, "state": d.state.rawValue]
                 if let dev = d.device { o["device"] = dev }
                 if let owner = d.owner { o["owner"] = owner }
+                if let pooled = d.pooled { o["fromPool"] = pooled }
+                if let us = d.setupMicros { o["setupMs"] = Double(us) / 1000 }
                 return o
             }
             let o: [String: Any] = ["disks": disks, "allocatedBytes": s.allocatedBytes, "nodeSize": s.nodeSize,
@@ -87,7 +94,8 @@ struct DiskStatusCommand: ParsableCommand {
         }
         print("\(options.diskFile): \(s.nodeSize >> 20) MiB, \(s.allocatedBytes >> 20) MiB allocated; \(s.disks.filter { $0.state == .free }.count) free, \(s.disks.filter { $0.state == .attached }.count) attached")
         for d in s.disks {
-            print("  \(d.device ?? "-")  \(d.size >> 20) MiB at \(d.offset >> 20) MiB  \(d.state.rawValue)" + (d.owner.map { "  \($0.prefix(12))" } ?? ""))
+            print("  \(d.device ?? "-")  \(d.size >> 20) MiB at \(d.offset >> 20) MiB  \(d.state.rawValue)" + (d.owner.map { "  \($0.prefix(12))" } ?? "")
+                  + (d.setupMicros.map { String(format: "  set up in %.2f ms", Double($0) / 1000) + (d.pooled == true ? " (pool)" : " (on the spot)") } ?? ""))
         }
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KangarooNetwork
+import KangarooNode
 import KangarooSystem
 import Logging
 import ServiceLifecycle
@@ -15,6 +16,9 @@ struct NetworkStatus: Codable, Sendable {
         var address: String
         var hostInterface: String
         var ports: [String]
+        /// Whether the pod's network came from the pool, and its ADD's time.
+        var fromPool: Bool
+        var setupMs: Double?
     }
 
     var name: String
@@ -36,7 +40,8 @@ struct NetworkStatus: Codable, Sendable {
         capacity = s.capacity
         pods = s.attached.map {
             Pod(containerID: $0.containerID, ifname: $0.ifname, netns: $0.netns, address: $0.address.description,
-                hostInterface: $0.hostInterface, ports: $0.ports.map { "\($0.hostPort):\($0.containerPort)/\($0.proto)" })
+                hostInterface: $0.hostInterface, ports: $0.ports.map { "\($0.hostPort):\($0.containerPort)/\($0.proto)" },
+                fromPool: $0.fromPool, setupMs: $0.setupMicros.map { Double($0) / 1000 })
         }
     }
 
@@ -47,6 +52,7 @@ struct NetworkStatus: Codable, Sendable {
     var lines: [String] {
         [summary] + pods.map { p in
             "  \(p.containerID.prefix(12))  \(p.address)  \(p.ifname) in \(p.netns)  host \(p.hostInterface)" + (p.ports.isEmpty ? "" : "  ports \(p.ports.joined(separator: ","))")
+                + "  " + (p.fromPool ? "pool" : "on the spot") + (p.setupMs.map { String(format: " %.2f ms", $0) } ?? "")
         }
     }
 }
@@ -79,17 +85,25 @@ struct NetworkPoolService: Service {
                 throw CLIError("node: network \(config.name): \(error)")
             }
         }
+        // Refills wait for the quiet after a burst (an ADD builds on the
+        // spot once the pool is out) and run on a thread of their own at a
+        // lower priority.
+        let activity = NodeActivity.shared
         var rounds = 0
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(250))
             rounds += 1
+            guard activity.isQuiet() else { continue }
             for network in networks {
                 do {
-                    if rounds % 120 == 0 {
-                        try network.ensureNode(force: true)
-                        try network.reconcile()
+                    let repair = rounds % 120 == 0
+                    try await PoolWorker.run { () throws(NetworkError) in
+                        if repair {
+                            try network.ensureNode(force: true)
+                            try network.reconcile()
+                        }
+                        try network.fill(stop: { !activity.isQuiet() })
                     }
-                    try network.fill()
                 } catch {
                     logger.warning("network: cannot fill the pool", metadata: ["network": "\(network.config.name)", "error": "\(error)"])
                 }

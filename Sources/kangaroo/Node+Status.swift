@@ -65,6 +65,10 @@ struct DiskStatus: Codable, Sendable {
         var owner: String?
         /// Bytes in use on a mounted sandbox disk (statfs).
         var usedBytes: UInt64?
+        /// Whether an attached disk came from the pool, and how long
+        /// acquiring it took.
+        var fromPool: Bool?
+        var setupMs: Double?
     }
     var nodeFile: String
     var nodeSizeBytes: UInt64
@@ -86,7 +90,8 @@ struct DiskStatus: Codable, Sendable {
                 var fs = statvfs()
                 if statvfs(stateRoot + "/disks/" + owner, &fs) == 0 { used = UInt64(fs.f_blocks - fs.f_bfree) * UInt64(fs.f_frsize) }
             }
-            return Entry(device: d.device, sizeBytes: d.size, state: d.state.rawValue, owner: d.owner, usedBytes: used)
+            return Entry(device: d.device, sizeBytes: d.size, state: d.state.rawValue, owner: d.owner, usedBytes: used,
+                         fromPool: d.pooled, setupMs: d.setupMicros.map { Double($0) / 1000 })
         }
     }
 }
