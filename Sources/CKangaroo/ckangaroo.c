@@ -144,12 +144,6 @@ int kr_mount_beneath(const char *source, const char *target) {
     close(tree);
     return rc == 0 ? 0 : -saved;
 }
-int kr_clone_tree(const char *path, int recursive) {
-    int fd = (int)syscall(428 /* open_tree */, AT_FDCWD, path,
-                          1 /* OPEN_TREE_CLONE */ | O_CLOEXEC | (recursive ? 0x8000 /* AT_RECURSIVE */ : 0));
-    return fd < 0 ? -errno : fd;
-}
-
 long long kr_fs_type(const char *path) {
     struct statfs fs;
     if (statfs(path, &fs) != 0) return -errno;
@@ -405,14 +399,7 @@ static void do_mount(const struct kr_mount *m, const char *rootfs) {
         as_file = !S_ISDIR(st.st_mode);
         make_mountpoint(target, as_file);
         unsigned long rec = m->flags & MS_REC;
-        // A source the runtime cloned beforehand (open_tree, for a user
-        // namespace that cannot walk to it) is attached, not bound.
-        int attached = 0;
-        if (strncmp(m->source, "/proc/self/fd/", 14) == 0) {
-            int fd = atoi(m->source + 14);
-            if (syscall(429 /* move_mount */, fd, "", AT_FDCWD, target, 4 /* MOVE_MOUNT_F_EMPTY_PATH */) == 0) attached = 1;
-        }
-        if (!attached && mount(m->source, target, NULL, MS_BIND | rec, NULL) < 0)
+        if (mount(m->source, target, NULL, MS_BIND | rec, NULL) < 0)
             die("bind mount %s on %s", m->source, m->destination);
         unsigned long extra = m->flags & ~(MS_BIND | MS_REC);
         if (extra) {
@@ -430,8 +417,6 @@ static void do_mount(const struct kr_mount *m, const char *rootfs) {
         // times per hierarchy, and kernfs revalidates those dentries under
         // the sysfs lock that concurrent network namespace creation holds.
         int cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
-        // A mapped root may not reach the bundle it was started in.
-        if (cwd < 0 && errno == EACCES && chdir("/") == 0) cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
         if (cwd < 0) die("open current directory");
         if (chdir(target) < 0) die("chdir %s", m->destination);
         for (const char *h = m->source; h && *h;) {
@@ -896,63 +881,11 @@ static void child_main(const struct kr_init_config *c) {
     die("exec %s", exe);
 }
 
-// Whether the namespaces to join must be joined before the clone creates
-// the new ones: a container in a user namespace (new or joined) that also
-// joins namespaces its user namespace does not own (a pod's network
-// namespace, made by the host's). From inside the user namespace those
-// cannot be entered; with the host's privileges they can, as runc joins
-// first and unshares after.
-static int joins_before_clone(const struct kr_init_config *c) {
-    int user = (c->clone_flags & CLONE_NEWUSER) != 0, other = 0;
-    for (int i = 0; i < c->n_joins; i++) {
-        if (c->joins[i].type == CLONE_NEWUSER) user = 1;
-        else other = 1;
-    }
-    return user && other;
-}
-
 pid_t kr_spawn_init(const struct kr_init_config *cfg) {
-    if (!joins_before_clone(cfg)) {
-        long pid = syscall(SYS_clone, (unsigned long)(cfg->clone_flags | SIGCHLD), NULL, NULL, NULL, NULL);
-        if (pid < 0) return -errno;
-        if (pid == 0) child_main(cfg);
-        return (pid_t)pid;
-    }
-    // An intermediate process (single-threaded, so it may enter a user
-    // namespace) joins the other namespaces with the host's privileges,
-    // then the user namespace to join if any, and clones the init as our
-    // child (CLONE_PARENT): the new namespaces belong to the user namespace
-    // the init is in. It reports the init's pid (or -errno) and exits.
-    int p[2];
-    if (pipe2(p, O_CLOEXEC) < 0) return -errno;
-    long mid = syscall(SYS_clone, (unsigned long)SIGCHLD, NULL, NULL, NULL, NULL);
-    if (mid < 0) { int e = errno; close(p[0]); close(p[1]); return -e; }
-    if (mid == 0) {
-        long r = 0;
-        for (int i = 0; i < cfg->n_joins && r == 0; i++)
-            if (cfg->joins[i].type != CLONE_NEWUSER && setns(cfg->joins[i].fd, cfg->joins[i].type) < 0) r = -errno;
-        for (int i = 0; i < cfg->n_joins && r == 0; i++)
-            if (cfg->joins[i].type == CLONE_NEWUSER && setns(cfg->joins[i].fd, CLONE_NEWUSER) < 0) r = -errno;
-        if (r == 0) {
-            struct kr_init_config c = *cfg;
-            c.n_joins = 0;
-            r = syscall(SYS_clone, (unsigned long)(c.clone_flags | CLONE_PARENT | SIGCHLD), NULL, NULL, NULL, NULL);
-            if (r == 0) child_main(&c);
-            if (r < 0) r = -errno;
-        }
-        ssize_t n;
-        do { n = write(p[1], &r, sizeof(r)); } while (n < 0 && errno == EINTR);
-        _exit(0);
-    }
-    close(p[1]);
-    long r = 0;
-    ssize_t n;
-    do { n = read(p[0], &r, sizeof(r)); } while (n < 0 && errno == EINTR);
-    close(p[0]);
-    int status;
-    while (waitpid((pid_t)mid, &status, 0) < 0 && errno == EINTR) {}
-    if (n != (ssize_t)sizeof(r)) return -EPIPE;
-    return r > 0 ? (pid_t)r : (pid_t)(r < 0 ? r : -EIO);
+    long pid = syscall(SYS_clone, (unsigned long)(cfg->clone_flags | SIGCHLD), NULL, NULL, NULL, NULL);
+    if (pid < 0) return -errno;
+    if (pid == 0) child_main(cfg);
+    return (pid_t)pid;
 }
 
 // ---------------------------------------------------------------- hooks

@@ -192,25 +192,7 @@ extension Runtime {
         cfg.no_pivot = options.noPivot ? 1 : 0
         cfg.rootfs_propagation = spec.linux.rootfsPropagation.flatMap { MountOptions.propagation[$0] } ?? 0
         let ownCgroupNS = spec.linux.namespaces.contains { $0.type == "cgroup" }
-        // In a user namespace the init cannot walk host directories closed
-        // to others (containerd's state is 0700): bind sources are cloned
-        // here (detached mounts) and named by descriptor (/proc/self/fd/N);
-        // the init attaches them (move_mount) in its mount namespace.
-        var bindSources: [Int32] = []
-        defer { for fd in bindSources { close(fd) } }
-        var specMounts = spec.mounts
-        if hasUserNS {
-            for i in specMounts.indices {
-                let m = specMounts[i]
-                guard m.type == "bind" || m.options.contains("bind") || m.options.contains("rbind"), var source = m.source else { continue }
-                if !source.hasPrefix("/") { source = bundle + "/" + source }
-                let fd = kr_clone_tree(source, m.options.contains("rbind") ? 1 : 0)
-                guard fd >= 0 else { continue }  // the init reports the missing source
-                bindSources.append(fd)
-                specMounts[i].source = "/proc/self/fd/\(fd)"
-            }
-        }
-        let mounts = specMounts.map { m in
+        let mounts = spec.mounts.map { m in
             Self.cMount(m, arena: arena, layout: layout, cgroupPath: cgroup.path, cgroupNS: ownCgroupNS, bundle: bundle)
         }
         cfg.mounts = UnsafePointer(arena.array(mounts))

@@ -129,8 +129,6 @@ struct kr_init_config {
 // Clones the container init. Returns its pid (in the caller's pid namespace)
 // or -errno. The child never returns.
 pid_t kr_spawn_init(const struct kr_init_config *cfg);
-// A detached clone of the mount at `path` (open_tree OPEN_TREE_CLONE), or -errno.
-int kr_clone_tree(const char *path, int recursive);
 
 // Runs one hook to completion, feeding `stdin_data` on stdin. Returns the
 // wait status, or -errno; -ETIMEDOUT if the timeout expired (hook killed).
