@@ -18,16 +18,23 @@ extension DiskTests {
         try criPodsHaveTheirOwnDisks()
     }
 
-    func criPodsHaveTheirOwnDisks() throws {
-        let node = try TempDir("cri-disk")
+    /// A node daemon's environment with sandbox disks on (a pool of two)
+    /// from a node file in `node`.
+    func diskNodeEnvironment(_ node: TempDir, nodeSize: String, diskSize: String) throws -> [String: String] {
         var env = TestContainerd.nodeEnvironment(node)
         env["KANGAROO_NODE_DISKS"] = "1"
         env["KANGAROO_DISK_FILE"] = node.sub("disks/node.img")
         env["KANGAROO_DISK_STATE"] = node.sub("disks/state")
-        env["KANGAROO_DISK_NODE_SIZE"] = "2G"
-        env["KANGAROO_DISK_SIZE"] = "96M"
+        env["KANGAROO_DISK_NODE_SIZE"] = nodeSize
+        env["KANGAROO_DISK_SIZE"] = diskSize
         env["KANGAROO_DISK_POOL"] = "2"
         try FileManager.default.createDirectory(atPath: node.sub("disks"), withIntermediateDirectories: true)
+        return env
+    }
+
+    func criPodsHaveTheirOwnDisks() throws {
+        let node = try TempDir("cri-disk")
+        let env = try diskNodeEnvironment(node, nodeSize: "2G", diskSize: "96M")
         let cri = criConfig(node: node, snapshotter: "overlayfs")
             .replacingOccurrences(of: "runtime_type = \"io.containerd.kangaroo.v2\"",
                                   with: "runtime_type = \"io.containerd.kangaroo.v2\"\n          pod_annotations = [\"io.kangaroo.*\"]")

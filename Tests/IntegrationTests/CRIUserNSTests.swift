@@ -14,14 +14,7 @@ extension DiskTests {
         // The node daemon's state must be walkable by a mapped root (as
         // /run is); the test's own directory is 0700.
         chmod(node.path, 0o711)
-        var env = TestContainerd.nodeEnvironment(node)
-        env["KANGAROO_NODE_DISKS"] = "1"
-        env["KANGAROO_DISK_FILE"] = node.sub("disks/node.img")
-        env["KANGAROO_DISK_STATE"] = node.sub("disks/state")
-        env["KANGAROO_DISK_NODE_SIZE"] = "1G"
-        env["KANGAROO_DISK_SIZE"] = "64M"
-        env["KANGAROO_DISK_POOL"] = "2"
-        try FileManager.default.createDirectory(atPath: node.sub("disks"), withIntermediateDirectories: true)
+        let env = try diskNodeEnvironment(node, nodeSize: "1G", diskSize: "64M")
         try #"{"userns": true}"#.write(toFile: node.sub("userns.json"), atomically: true, encoding: .utf8)
         let cri = criConfig(node: node, snapshotter: "overlayfs") + """
 
