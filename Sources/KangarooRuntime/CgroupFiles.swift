@@ -143,6 +143,11 @@ final class CgroupFiles {
     }
 
     /// Removes the cgroup everywhere; kills what is left in it first.
+    ///
+    /// A killed task keeps the cgroup busy until its parent reaps it. A
+    /// container init whose `create` has exited is an orphan of the caller's
+    /// pid namespace, and some inits (this machine's) reap only every second
+    /// or two: rmdir is retried for up to 10 s before EBUSY is an error.
     func remove() throws(Errno) {
         let rel = relative
         guard !rel.isEmpty else { return }
@@ -158,7 +163,8 @@ final class CgroupFiles {
             while unlinkat(r, rel, AT_REMOVEDIR) != 0 {
                 let e = errno
                 if e == ENOENT { break }
-                guard e == EBUSY, attempts < 200 else { lastError = Errno(rawValue: e); break }
+                // 200 tries 1 ms apart, then 20 ms apart: about 10 s in all.
+                guard e == EBUSY, attempts < 700 else { lastError = Errno(rawValue: e); break }
                 if attempts == 0 || attempts % 20 == 0 {
                     for pid in (try? Self.read(r, rel + "/cgroup.procs"))?.split(separator: "\n")
                         .compactMap({ Int32($0) }) ?? [] {
@@ -166,7 +172,7 @@ final class CgroupFiles {
                     }
                 }
                 attempts += 1
-                usleep(1000)
+                usleep(attempts < 200 ? 1000 : 20_000)
             }
         }
         if let lastError { throw lastError }

@@ -116,7 +116,10 @@ struct RuntimeNamespaceTests {
             let got = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/\(name)")
             #expect(got == want, "\(name)")
         }
-        #expect(try Harness.kr(root, ["delete", "--force", "jn"]).code == 0)
+        // The init is an orphan of this pid namespace once `create` exits:
+        // delete waits for its reaping (this machine's init takes 1-2 s).
+        let deleted = try Harness.kr(root, ["delete", "--force", "jn"])
+        #expect(deleted.code == 0, "\(deleted.err)")
         #expect(!FileManager.default.fileExists(atPath: root + "/jn"))
     }
 
