@@ -167,6 +167,28 @@ int kr_try_reap(pid_t pid, int *status) {
     return r == pid ? 1 : 0;
 }
 
+ssize_t kr_recv_with_pid(int sock, void *buf, size_t len, pid_t *pid) {
+    struct iovec iov = {.iov_base = buf, .iov_len = len};
+    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(struct ucred))]; } u;
+    struct msghdr msg = {0};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = u.buf;
+    msg.msg_controllen = sizeof(u.buf);
+    *pid = 0;
+    ssize_t n;
+    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    if (n < 0) return -errno;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
+            struct ucred cred;
+            memcpy(&cred, CMSG_DATA(c), sizeof(cred));
+            *pid = cred.pid;
+        }
+    }
+    return n;
+}
+
 int kr_set_child_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0 ? -errno : 0; }
 
 int kr_wifexited(int s) { return WIFEXITED(s); }
@@ -389,10 +411,44 @@ static int mount_own_cgroup(const char *target, const char *fstype, const char *
     return rc < 0 ? -1 : 0;
 }
 
+// Detached clones of the bind sources (open_tree), made by a staged init's
+// first stage with the caller's privileges, before the user namespace: a
+// mapped root may not walk to them (containerd's state is 0700).
+#define KR_MAX_BIND_CLONES 256
+static int g_bind_clones[KR_MAX_BIND_CLONES];  // by mount index; -1: none
+static const struct kr_mount *g_bind_base = NULL;
+static int g_n_bind_clones = 0;
+
+static void clone_bind_sources(const struct kr_init_config *c) {
+    g_bind_base = c->mounts;
+    for (int i = 0; i < c->n_mounts && i < KR_MAX_BIND_CLONES; i++) {
+        g_bind_clones[i] = -1;
+        g_n_bind_clones = i + 1;
+        const struct kr_mount *m = &c->mounts[i];
+        if (m->kind != KR_MOUNT_BIND) continue;
+        int flags = 1 /* OPEN_TREE_CLONE */ | O_CLOEXEC | ((m->flags & MS_REC) ? 0x8000 /* AT_RECURSIVE */ : 0);
+        g_bind_clones[i] = (int)syscall(428 /* open_tree */, AT_FDCWD, m->source, flags);
+        if (g_bind_clones[i] < 0) die("mount %s: source %s", m->destination, m->source);
+    }
+}
+
 static void do_mount(const struct kr_mount *m, const char *rootfs) {
     char target[4096];
     join_path(target, sizeof(target), rootfs, m->destination);
-    if (m->kind == KR_MOUNT_BIND) {
+    long index = g_bind_base ? m - g_bind_base : -1;
+    int clone_fd = index >= 0 && index < g_n_bind_clones ? g_bind_clones[index] : -1;
+    if (m->kind == KR_MOUNT_BIND && clone_fd >= 0) {
+        struct stat st;
+        if (fstat(clone_fd, &st) < 0) die("mount %s: source %s", m->destination, m->source);
+        make_mountpoint(target, !S_ISDIR(st.st_mode));
+        if (syscall(429 /* move_mount */, clone_fd, "", AT_FDCWD, target, 4 /* MOVE_MOUNT_F_EMPTY_PATH */) < 0)
+            die("bind mount %s on %s", m->source, m->destination);
+        close(clone_fd);
+        g_bind_clones[index] = -1;
+        unsigned long extra = m->flags & ~(MS_BIND | MS_REC);
+        if (extra && mount(NULL, target, NULL, MS_BIND | MS_REMOUNT | extra, NULL) < 0)
+            die("remount %s", m->destination);
+    } else if (m->kind == KR_MOUNT_BIND) {
         int as_file = 0;
         struct stat st;
         if (stat(m->source, &st) < 0) die("mount %s: source %s", m->destination, m->source);
@@ -753,6 +809,29 @@ static void set_apparmor_profile(const char *profile) {
     close(fd);
 }
 
+// Joins the namespaces given by path. Those the caller's user namespace
+// owns (a CNI network namespace) are joined with the caller's privileges,
+// before the user namespace; those only the joined user namespace gives
+// rights to (a rootless caller's), after it. `before_user` runs between.
+static void join_namespaces(const struct kr_init_config *c, void (*before_user)(const struct kr_init_config *)) {
+    int later[16], n_later = 0, user_fd = -1;
+    for (int i = 0; i < c->n_joins; i++)
+        if (c->joins[i].type == CLONE_NEWUSER) user_fd = c->joins[i].fd;
+    for (int i = 0; i < c->n_joins; i++) {
+        if (c->joins[i].type == CLONE_NEWUSER) continue;
+        if (setns(c->joins[i].fd, c->joins[i].type) == 0) { close(c->joins[i].fd); continue; }
+        if (errno != EPERM || user_fd < 0 || n_later == 16) die("join namespace type 0x%x", c->joins[i].type);
+        later[n_later++] = i;
+    }
+    if (before_user) before_user(c);
+    if (user_fd >= 0 && setns(user_fd, CLONE_NEWUSER) < 0) die("join user namespace");
+    for (int k = 0; k < n_later; k++) {
+        const struct kr_ns_join *j = &c->joins[later[k]];
+        if (setns(j->fd, j->type) < 0) die("join namespace type 0x%x", j->type);
+        close(j->fd);
+    }
+}
+
 __attribute__((noreturn))
 static void child_main(const struct kr_init_config *c) {
     g_sync = c->sync_fd;
@@ -771,6 +850,16 @@ static void child_main(const struct kr_init_config *c) {
         if (c->stdio_fds[i] < 0 || c->stdio_fds[i] == i) continue;
         if (dup2(c->stdio_fds[i], i) < 0) die("dup2 stdio %d", i);
     }
+    if (c->staged) {
+        // Bind sources cloned with the caller's privileges, before a user
+        // namespace takes them away; then a new one is made, or a joined
+        // one entered.
+        join_namespaces(c, clone_bind_sources);
+        if (c->clone_flags & CLONE_NEWUSER) {
+            if (unshare(CLONE_NEWUSER) < 0) die("unshare user namespace");
+            send_byte('U');
+        }
+    }
     // 'G' may carry the container state JSON (with our pid) for hooks.
     static char go[65536];
     ssize_t gn;
@@ -779,14 +868,32 @@ static void child_main(const struct kr_init_config *c) {
     go[gn] = 0;
     const char *state_json = gn > 1 ? go + 1 : c->state_json;
 
-    // Join namespaces: the user namespace first, so that the others are
-    // joined with its privileges.
-    for (int i = 0; i < c->n_joins; i++)
-        if (c->joins[i].type == CLONE_NEWUSER && setns(c->joins[i].fd, CLONE_NEWUSER) < 0) die("join user namespace");
-    for (int i = 0; i < c->n_joins; i++) {
-        if (c->joins[i].type == CLONE_NEWUSER) continue;
-        if (setns(c->joins[i].fd, c->joins[i].type) < 0) die("join namespace type 0x%x", c->joins[i].type);
-        close(c->joins[i].fd);
+    if (c->staged) {
+        if (raw_setresgid(0) < 0) die("setgid 0 in user namespace");
+        if (raw_setresuid(0) < 0) die("setuid 0 in user namespace");
+        // Made in the user namespace, so that it owns them.
+        int rest = c->clone_flags & ~CLONE_NEWUSER;
+        if (rest && unshare(rest) < 0) die("unshare namespaces 0x%x", rest);
+        // The init: pid 1 of a new pid namespace, the caller's child. Once
+        // this process has exited (EOF), it reports itself ('P': the
+        // caller learns its pid, in its own pid namespace, from the
+        // message's credentials).
+        int order[2];
+        if (pipe2(order, O_CLOEXEC) < 0) die("pipe");
+        long pid = syscall(SYS_clone, (unsigned long)CLONE_PARENT, NULL, NULL, NULL, NULL);
+        if (pid < 0) die("clone container init");
+        if (pid > 0) _exit(0);
+        close(order[1]);
+        char b;
+        while (read(order[0], &b, 1) < 0 && errno == EINTR) {}
+        close(order[0]);
+        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        // The caller's directory (a shim's bundle, below containerd's 0700
+        // state) may be out of the mapped root's reach.
+        if (chdir("/") < 0) die("chdir /");
+        send_byte('P');
+    } else {
+        join_namespaces(c, NULL);
     }
     if ((c->clone_flags & CLONE_NEWUSER) || c->bind_devices) {
         if (raw_setresgid(0) < 0) die("setgid 0 in user namespace");
@@ -882,7 +989,8 @@ static void child_main(const struct kr_init_config *c) {
 }
 
 pid_t kr_spawn_init(const struct kr_init_config *cfg) {
-    long pid = syscall(SYS_clone, (unsigned long)(cfg->clone_flags | SIGCHLD), NULL, NULL, NULL, NULL);
+    unsigned long flags = cfg->staged ? 0 : (unsigned long)cfg->clone_flags;
+    long pid = syscall(SYS_clone, flags | SIGCHLD, NULL, NULL, NULL, NULL);
     if (pid < 0) return -errno;
     if (pid == 0) child_main(cfg);
     return (pid_t)pid;

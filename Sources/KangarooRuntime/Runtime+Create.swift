@@ -97,6 +97,12 @@ extension Runtime {
            spec.linux.uidMappings.isEmpty || spec.linux.gidMappings.isEmpty {
             throw RuntimeError(.invalidConfig, "config.json: linux.uidMappings: a new user namespace needs uidMappings and gidMappings")
         }
+        // A user namespace, new or joined with new namespaces to make, is
+        // entered in stages (see kr_init_config.staged): namespaces the host
+        // owns (a pod's network namespace) are joined and bind sources the
+        // host can reach are opened before it, new namespaces made in it.
+        let newUser = cloneFlags & 0x1000_0000 != 0
+        let staged = newUser || (joinPaths.contains { $0.0 == 0x1000_0000 } && cloneFlags != 0)
         if !hasMountNS && (!spec.linux.maskedPaths.isEmpty || !spec.linux.readonlyPaths.isEmpty) {
             // As runc: masking would change the caller's own /proc and /sys.
             throw RuntimeError(.invalidConfig, "config.json: linux.\(spec.linux.maskedPaths.isEmpty ? "readonlyPaths" : "maskedPaths"): masked and read-only paths need a mount namespace (add {\"type\": \"mount\"} to linux.namespaces)")
@@ -187,6 +193,7 @@ extension Runtime {
         cfg.has_mount_ns = hasMountNS ? 1 : 0
         cfg.joins = UnsafePointer(arena.array(joins))
         cfg.n_joins = Int32(joins.count)
+        cfg.staged = staged ? 1 : 0
         cfg.rootfs = UnsafePointer(arena.string(rootfs))
         cfg.readonly_rootfs = root.readonly ? 1 : 0
         cfg.no_pivot = options.noPivot ? 1 : 0
@@ -248,7 +255,7 @@ extension Runtime {
             }
             close(fd)
         }
-        let pid = withUnsafePointer(to: &cfg) { kr_spawn_init($0) }
+        var pid = withUnsafePointer(to: &cfg) { kr_spawn_init($0) }
         Self.restorePidNamespace(ownPidNS)
         close(pair[1])
         guard pid > 0 else { throw RuntimeError(.system, "clone container init", errno: -pid) }
@@ -259,6 +266,19 @@ extension Runtime {
         // init dies with this process (PDEATHSIG, EOF on the socket), and
         // `delete --force` finds the cgroup from the first save.
 
+        if staged {
+            // The init reports itself: its pid comes with its message.
+            var on: Int32 = 1
+            setsockopt(parentSock, SOL_SOCKET, SO_PASSCRED, &on, socklen_t(MemoryLayout<Int32>.size))
+        }
+        if newUser {
+            // The first stage has joined and made the user namespace.
+            let msg = try Self.receive(parentSock)
+            if msg.first == UInt8(ascii: "E") {
+                throw RuntimeError(.containerInit, String(decoding: msg.dropFirst(), as: UTF8.self))
+            }
+            guard msg.first == UInt8(ascii: "U") else { throw RuntimeError(.containerInit, "container init exited during setup") }
+        }
         if cloneFlags & 0x1000_0000 != 0 {
             try Self.writeMappings(pid: pid, uid: spec.linux.uidMappings, gid: spec.linux.gidMappings)
         }
@@ -268,7 +288,7 @@ extension Runtime {
         let hasContainerHooks = !spec.hooks.createContainer.isEmpty || !spec.hooks.startContainer.isEmpty
         try Self.send(parentSock, hasContainerHooks ? "G" + state.ociState(status: .creating).serialized() : "G")
         while true {
-            let msg = try Self.receive(parentSock)
+            let (msg, sender) = try Self.receiveWithSender(parentSock)
             switch msg.first {
             case UInt8(ascii: "H"):
                 // runtime-spec: prestart hooks see the container "created"
@@ -278,6 +298,20 @@ extension Runtime {
                 let creating = state.ociState(status: .creating).serialized()
                 for hook in spec.hooks.createRuntime { try Hooks.run(hook, state: creating) }
                 try Self.send(parentSock, "h")
+                continue
+            case UInt8(ascii: "P"):
+                // Staged: the init proper, cloned by the first stage as our
+                // child; the first stage exits.
+                guard staged, sender > 0 else {
+                    throw RuntimeError(.containerInit, "container init sent an unexpected message")
+                }
+                let next = sender
+                var status: Int32 = 0
+                while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+                pid = next
+                cleanup.pid = pid
+                state.pid = pid
+                state.pidStartTime = ProcessStatus.stat(pid: pid)?.startTime ?? 0
                 continue
             case UInt8(ascii: "R"):
                 break
@@ -350,6 +384,15 @@ extension Runtime {
     }
 
     /// One message from the init; empty on EOF.
+    /// One message and its sender's pid (with SO_PASSCRED; else 0).
+    static func receiveWithSender(_ fd: Int32) throws(RuntimeError) -> ([UInt8], Int32) {
+        var buf = [UInt8](repeating: 0, count: 2048)
+        var pid: pid_t = 0
+        let n = buf.withUnsafeMutableBytes { kr_recv_with_pid(fd, $0.baseAddress, $0.count, &pid) }
+        guard n >= 0 else { throw RuntimeError(.system, "receive from container init", errno: Int32(-n)) }
+        return (Array(buf[0..<n]), pid)
+    }
+
     static func receive(_ fd: Int32) throws(RuntimeError) -> [UInt8] {
         var buf = [UInt8](repeating: 0, count: 2048)
         while true {

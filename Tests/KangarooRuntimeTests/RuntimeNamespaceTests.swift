@@ -68,6 +68,56 @@ struct RuntimeNamespaceTests {
         #expect(mounts(below: testRootfs) == 0)
     }
 
+    /// A new user namespace whose container joins a network namespace the
+    /// host's user namespace owns (a pod's, made by CNI): joined before the
+    /// user namespace is made, through create, start, exec and delete.
+    @Test func newUserNamespaceJoinsHostOwnedNetwork() throws {
+        try Harness.ensureDeps()
+        let root = try Harness.tempDir("root")
+        let holder = try Harness.spawn(["/usr/bin/unshare", "--net", "/bin/sleep", "1000"])
+        defer { kill(holder, SIGKILL); var st: Int32 = 0; waitpid(holder, &st, 0) }
+        var netns = ""
+        for _ in 0..<300 {
+            let mine = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/net")
+            if let n = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(holder)/ns/net"), n != mine,
+               (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(holder)/exe"))?.hasSuffix("/sleep") == true {
+                netns = n; break
+            }
+            usleep(10000)
+        }
+        try #require(!netns.isEmpty)
+        let bundle = try Harness.bundle("usernsnet", args: ["sleep", "1000"]) { c in
+            guard case let .array(nss)? = c["linux"]?["namespaces"] else { return }
+            c.set(["linux", "namespaces"], .array(nss.map { ns in
+                ns["type"] == .string("network") ? .object([("type", .string("network")), ("path", .string("/proc/\(holder)/ns/net"))]) : ns
+            } + [.object([("type", .string("user"))])]))
+            c.set(["linux", "uidMappings"], Self.idMap)
+            c.set(["linux", "gidMappings"], Self.idMap)
+        }
+        defer { _ = try? Harness.kr(root, ["delete", "--force", "un"]); cleanup(bundle, root) }
+        let created = try Harness.kr(root, ["create", "--bundle", bundle, "un"])
+        #expect(created.code == 0, "\(created.err)")
+        #expect(try Harness.kr(root, ["start", "un"]).code == 0)
+        let (status, pid) = try state(root, "un")
+        #expect(status == "running")
+        // The init is the container's pid 1, in the holder's network
+        // namespace, as host id 200000.
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/net") == netns)
+        #expect(hostUID(pid) == "200000")
+        let nspid = (try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)).split(separator: "\n")
+            .first { $0.hasPrefix("NSpid:") }?.split(whereSeparator: \.isWhitespace).last
+        #expect(nspid == "1")
+        // exec joins the network namespace before the user namespace too.
+        let inside = try Harness.kr(root, ["exec", "un", "sh", "-c", "id -u; cat /proc/self/uid_map; readlink /proc/self/ns/net"])
+        #expect(inside.code == 0, "\(inside.err)")
+        #expect(inside.out.split(whereSeparator: \.isWhitespace).map(String.init) == ["0", "0", "200000", "65536", netns])
+        let deleted = try Harness.kr(root, ["delete", "--force", "un"])
+        #expect(deleted.code == 0, "\(deleted.err)")
+        #expect(!FileManager.default.fileExists(atPath: root + "/un"))
+        #expect(!Harness.cgroupExists("/kangaroo-test-usernsnet"))
+        #expect(mounts(below: testRootfs) == 0)
+    }
+
     /// Every namespace type joined by path (user first), through create and
     /// start: the container's namespaces are the holder's.
     @Test func joinsEveryNamespaceTypeByPath() throws {

@@ -9,7 +9,10 @@
 // child. KangarooRuntime fills a kr_init_config from config.json and calls
 // kr_spawn_init(); the child talks to the parent over `sync_fd` (a
 // SOCK_SEQPACKET socketpair end) with one-byte messages:
+//   child  -> parent 'U'  (staged) user namespace made: write its mappings
 //   parent -> child  'G'  namespaces mapped and cgroups joined: set up
+//   child  -> parent 'P'  (staged) the init, the caller's child, its pid
+//                         in the message's credentials (SO_PASSCRED)
 //   child  -> parent 'H'  mounts prepared: run prestart/createRuntime hooks
 //   parent -> child  'h'  hooks done
 //   child  -> parent 'R'  ready; (create) now waits on the exec fifo,
@@ -71,6 +74,15 @@ struct kr_init_config {
     int unshare_cgroupns;       // create a cgroup namespace after joining the cgroup
     const struct kr_ns_join *joins;
     int n_joins;
+    // Staged (a new user namespace, as runc): the first child joins the
+    // namespaces given by path with the caller's privileges (a pod's CNI
+    // network namespace belongs to the host's user namespace), clones the
+    // bind sources (open_tree: a mapped root may not walk to them), unshares
+    // the user namespace ('U'), and after 'G' the other new ones, then clones
+    // the init as the caller's child (CLONE_PARENT) and exits; the init
+    // reports itself ('P').
+    // Also for a joined user namespace with new namespaces to make.
+    int staged;
 
     int has_mount_ns;           // a mount namespace, new or joined: set the rootfs up in it
     const char *rootfs;         // absolute host path (create/run)
@@ -173,6 +185,9 @@ int kr_recv_fd(int sock);
 // sets *fd (-1 when none came, close-on-exec); -errno on failure.
 int kr_send_message(int sock, const void *buf, size_t len, int fd);
 int kr_recv_message(int sock, void *buf, size_t len, int *fd);
+// One message and its sender's pid, in this process's pid namespace
+// (SCM_CREDENTIALS; the socket needs SO_PASSCRED); 0 when absent.
+ssize_t kr_recv_with_pid(int sock, void *buf, size_t len, pid_t *pid);
 
 // Reaping: the pid of some exited child, left a zombie (waitid WNOWAIT,
 // blocking); 0 with no children; -errno. And the status of `pid` if it has
