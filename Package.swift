@@ -112,10 +112,11 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: staticSwiftCompile, linkerSettings: staticSwift),
-        .executableTarget(name: "containerd-shim-kangaroo-v2", dependencies: [
-            "ContainerdAPI", "KangarooShim", "KangarooRuntime", "KangarooSystem",
-            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-        ], swiftSettings: staticSwiftCompile, linkerSettings: staticSwift),
+        // Run by containerd per task: no Foundation, linked fully static
+        // (as kangaroo-cni).
+        .executableTarget(name: "containerd-shim-kangaroo-v2", dependencies: ["KangarooRuntime", "KangarooSystem"],
+                          swiftSettings: staticSwiftCompile,
+                          linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
         // Run by containerd's CRI plugin per pod: no Foundation, no logging.
         // Linked fully static (no dynamic loader: a third of its start was
         // ld.so relocating libstdc++ and the runtime).
@@ -132,7 +133,7 @@ let package = Package(
         .testTarget(name: "KangarooFUSETests", dependencies: ["KangarooFUSE"]),
         .testTarget(name: "KangarooLazyFSTests", dependencies: ["KangarooLazyFS", "KangarooTestSupport"]),
         .testTarget(name: "KangarooRuntimeTests", dependencies: ["KangarooRuntime", "KangarooSystem", "KangarooTestSupport"]),
-        .testTarget(name: "KangarooShimTests", dependencies: ["ContainerdAPI", "KangarooShim", "KangarooSystem", "KangarooTestSupport"]),
+        .testTarget(name: "KangarooShimTests", dependencies: ["ContainerdAPI", "KangarooNode", "KangarooShim", "KangarooSystem", "KangarooTestSupport"]),
         .testTarget(name: "KangarooNetworkTests", dependencies: ["KangarooNetwork", "KangarooSystem"]),
         .testTarget(name: "KangarooSnapshotterTests", dependencies: ["ContainerdAPI", "KangarooSnapshotter"]),
         .testTarget(name: "IntegrationTests", dependencies: ["KangarooOCI", "KangarooImage", "KangarooSystem", "KangarooTestSupport"]),

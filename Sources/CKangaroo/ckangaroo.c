@@ -1062,3 +1062,13 @@ int kr_wait_forwarding(pid_t pid) {
         kill(pid, sig);
     }
 }
+
+int kr_is_mount_root(const char *path) {
+    struct statx st;
+    if (statx(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, &st) != 0) return -1;
+    if (!(st.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT)) {
+        errno = ENOTSUP;
+        return -1;
+    }
+    return (st.stx_attributes & STATX_ATTR_MOUNT_ROOT) ? 1 : 0;
+}

@@ -2,7 +2,9 @@
 import Glibc
 #endif
 import CKangaroo
+import Dispatch
 import KangarooSystem
+import Synchronization
 import SystemPackage
 
 /// The one error type of the disk pool.
@@ -100,9 +102,16 @@ public struct Disk: Sendable, Equatable {
 }
 
 /// Sendable: its state is the state file, read and written under the
-/// directory's lock; the object holds only its configuration.
+/// directory's lock; the object holds its configuration and the acquires
+/// of this process waiting to be booked.
 public final class DiskPool: @unchecked Sendable {
     public let config: DiskConfig
+    /// Acquires that arrive together are booked in one pass under the lock
+    /// (group commit): under a burst on a busy machine, one pass per
+    /// acquire made each wait for every pass before it, each slow because
+    /// its thread shared the CPUs with the burst (a 50-pod burst: disk
+    /// set-up p50 0.4 s, max 3.4 s).
+    private let bookings = Mutex(Bookings())
     var statePath: String { config.stateDir + "/disks.json" }
     var lockPath: String { config.stateDir + "/lock" }
     static let alignment: UInt64 = 1 << 20
@@ -244,41 +253,75 @@ public final class DiskPool: @unchecked Sendable {
     /// the spot otherwise. A second acquire by the same owner answers the
     /// first's disk.
     public func acquire(owner: String, size: UInt64? = nil) throws(DiskError) -> Disk {
-        let started = ContinuousClock.now
-        func micros() -> Int {
-            let e = ContinuousClock.now - started
-            return Int(e.components.seconds) * 1_000_000 + Int(e.components.attoseconds / 1_000_000_000_000)
-        }
         let size = size ?? config.defaultSize
         guard size >= 16 << 20 else { throw DiskError("a disk of \(size) bytes is too small (at least 16 MiB)") }
-        let (disk, fresh) = try update { (disks: inout [Disk]) throws(DiskError) -> (Disk, Bool) in
-            if let mine = disks.first(where: { $0.owner == owner && $0.state == .attached }) { return (mine, false) }
-            if let i = disks.firstIndex(where: { $0.state == .free && $0.size == size }) {
-                disks[i].state = .attached
-                disks[i].owner = owner
-                disks[i].pooled = true
-                disks[i].setupMicros = micros()
-                return (disks[i], false)
-            }
-            guard let offset = Self.place(size, among: disks, nodeSize: config.nodeSize) else {
-                let used = disks.reduce(0) { $0 + $1.size }
-                throw DiskError("the node disk \(config.nodeFile) has no room for \(size) bytes (\(used) of \(config.nodeSize) taken)")
-            }
-            var d = Disk(offset: offset, size: size, state: .formatting)
-            d.owner = owner
-            disks.append(d)
-            return (d, true)
+        let request = Booking(owner: owner, size: size)
+        let leads = bookings.withLock { b in
+            b.waiting.append(request)
+            if b.leading { return false }
+            b.leading = true
+            return true
         }
+        // Woken with a result, or without one to make the next pass.
+        if !leads { request.done.wait() }
+        if request.result == nil { bookWaiting() }
+        let (disk, fresh) = try request.result!.get()
         guard fresh else { return disk }
         var made = try make(disk)
         made.state = .attached
         made.pid = nil
         made.pooled = false
-        made.setupMicros = micros()
+        made.setupMicros = request.micros()
         try update { (disks: inout [Disk]) throws(DiskError) in
             if let i = disks.firstIndex(where: { $0.offset == made.offset }) { disks[i] = made }
         }
         return made
+    }
+
+    /// One pass under the lock that books every waiting acquire (the
+    /// caller's among them); the next waiting acquire, if any, makes the
+    /// next pass.
+    func bookWaiting() {
+        let batch = bookings.withLock { b in
+            defer { b.waiting = [] }
+            return b.waiting
+        }
+        do {
+            try update { (disks: inout [Disk]) throws(DiskError) in
+                for request in batch { request.result = Self.book(request, in: &disks, config: config) }
+            }
+        } catch {
+            // The state was not written: the pass booked nothing.
+            for request in batch { request.result = .failure(error) }
+        }
+        let next = bookings.withLock { b -> Booking? in
+            if let first = b.waiting.first { return first }
+            b.leading = false
+            return nil
+        }
+        for request in batch { request.done.signal() }
+        next?.done.signal()
+    }
+
+    /// One acquire's booking in the state: the owner's attached disk, a free
+    /// one of its size, or a region to make a disk in (fresh).
+    static func book(_ request: Booking, in disks: inout [Disk], config: DiskConfig) -> Result<(Disk, Bool), DiskError> {
+        if let mine = disks.first(where: { $0.owner == request.owner && $0.state == .attached }) { return .success((mine, false)) }
+        if let i = disks.firstIndex(where: { $0.state == .free && $0.size == request.size }) {
+            disks[i].state = .attached
+            disks[i].owner = request.owner
+            disks[i].pooled = true
+            disks[i].setupMicros = request.micros()
+            return .success((disks[i], false))
+        }
+        guard let offset = place(request.size, among: disks, nodeSize: config.nodeSize) else {
+            let used = disks.reduce(0) { $0 + $1.size }
+            return .failure(DiskError("the node disk \(config.nodeFile) has no room for \(request.size) bytes (\(used) of \(config.nodeSize) taken)"))
+        }
+        var d = Disk(offset: offset, size: request.size, state: .formatting)
+        d.owner = request.owner
+        disks.append(d)
+        return .success((d, true))
     }
 
     /// Gives the owner's disk back (the caller has unmounted it): detached,
@@ -424,5 +467,33 @@ public final class DiskPool: @unchecked Sendable {
         }
         unlink(config.nodeFile)
         FileSystem.removeTree(config.stateDir)
+    }
+}
+
+/// The acquires of one process waiting for a pass under the lock, and
+/// whether a thread is making passes.
+struct Bookings {
+    var waiting: [Booking] = []
+    var leading = false
+}
+
+/// One waiting acquire; `result` is written by the pass that books it,
+/// before `done` is signalled.
+final class Booking: @unchecked Sendable {
+    let owner: String
+    let size: UInt64
+    let started = ContinuousClock.now
+    let done = DispatchSemaphore(value: 0)
+    var result: Result<(Disk, Bool), DiskError>?
+
+    init(owner: String, size: UInt64) {
+        self.owner = owner
+        self.size = size
+    }
+
+    /// Microseconds since the acquire began.
+    func micros() -> Int {
+        let e = ContinuousClock.now - started
+        return Int(e.components.seconds) * 1_000_000 + Int(e.components.attoseconds / 1_000_000_000_000)
     }
 }

@@ -28,35 +28,3 @@ public final class NodeActivity: Sendable {
         return last == 0 || Self.now() - last >= Int64(seconds * 1e9)
     }
 }
-
-/// Runs blocking pool work (loop devices, mkfs, netlink) on a thread of its
-/// own at a lower CPU priority, off Swift's cooperative pool, and awaits it.
-public enum PoolWorker {
-    private final class Job: @unchecked Sendable {
-        let body: () -> Void
-        init(_ body: @escaping () -> Void) { self.body = body }
-    }
-
-    @discardableResult
-    public static func run<T: Sendable, E: Error>(nice: Int32 = 10, _ body: @escaping @Sendable () throws(E) -> T) async throws(E) -> T {
-        let result: Result<T, E> = await withCheckedContinuation { (continuation: CheckedContinuation<Result<T, E>, Never>) in
-            let job = Job {
-                // who 0 is the calling thread on Linux; children it spawns (mkfs) inherit it.
-                _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, nice)
-                do throws(E) { continuation.resume(returning: .success(try body())) } catch { continuation.resume(returning: .failure(error)) }
-            }
-            var tid = pthread_t()
-            let box = Unmanaged.passRetained(job).toOpaque()
-            if pthread_create(&tid, nil, { arg in
-                Unmanaged<Job>.fromOpaque(arg!).takeRetainedValue().body()
-                return nil
-            }, box) == 0 {
-                pthread_detach(tid)
-            } else {
-                Unmanaged<Job>.fromOpaque(box).release()
-                job.body()  // no thread to be had: run here
-            }
-        }
-        return try result.get()
-    }
-}

@@ -5,6 +5,7 @@ import ContainerdAPI
 import Foundation
 import KangarooNode
 import KangarooSystem
+import Synchronization
 
 /// The node daemon's sandbox disks under CRI: a sandbox's task Create takes
 /// a disk from the pool (size: the pod annotation `io.kangaroo.disk-size`,
@@ -16,6 +17,18 @@ import KangarooSystem
 public final class SandboxDisks: Sendable {
     public let pool: DiskConfig
     let root: String
+    /// One pool object for the process, so that the acquires of a burst
+    /// are booked together.
+    private let shared = Mutex<DiskPool?>(nil)
+
+    func diskPool() throws(DiskError) -> DiskPool {
+        try shared.withLock { (p: inout DiskPool?) throws(DiskError) -> DiskPool in
+            if let p { return p }
+            let made = try DiskPool(config: pool)
+            p = made
+            return made
+        }
+    }
 
     public init(pool: DiskConfig, stateRoot: String) {
         self.pool = pool
@@ -62,9 +75,9 @@ public final class SandboxDisks: Sendable {
     /// The sandbox's disk, mounted (taken from the pool at its first call).
     func mountSandbox(namespace: String, role: Role) throws(ShimError) -> String {
         let mnt = mountPoint(namespace: namespace, sandbox: role.sandbox)
-        if (try? Mounts.mountPoints())?.contains(mnt) == true { return mnt }
+        if Mounts.isMountPoint(mnt) { return mnt }
         let disk: Disk
-        do { disk = try DiskPool(config: pool).acquire(owner: owner(namespace: namespace, sandbox: role.sandbox), size: role.size) } catch {
+        do { disk = try diskPool().acquire(owner: owner(namespace: namespace, sandbox: role.sandbox), size: role.size) } catch {
             throw ShimError(.failedPrecondition, "sandbox \(role.sandbox): no disk: \(error)")
         }
         do { try FileSystem.makeDirectories(mnt, mode: 0o711) } catch {
@@ -72,7 +85,7 @@ public final class SandboxDisks: Sendable {
         }
         guard mount(disk.device!, mnt, "ext4", 0, nil) == 0 else {
             let e = errno
-            _ = try? DiskPool(config: pool).release(owner: owner(namespace: namespace, sandbox: role.sandbox))
+            _ = try? diskPool().release(owner: owner(namespace: namespace, sandbox: role.sandbox))
             throw ShimError(.failedPrecondition, "mount the sandbox disk \(disk.device!) at \(mnt): \(String(cString: strerror(e)))")
         }
         return mnt
@@ -113,7 +126,7 @@ public final class SandboxDisks: Sendable {
             // if something still holds it (the pool waits for the device).
             if umount2(mnt, 0) != 0 { Mounts.detachAll(under: [mnt]) }
             rmdir(mnt)
-            _ = try? DiskPool(config: pool).release(owner: owner(namespace: namespace, sandbox: role.sandbox))
+            _ = try? diskPool().release(owner: owner(namespace: namespace, sandbox: role.sandbox))
         } else {
             FileSystem.removeTree(mnt + "/" + id)
         }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CKangaroo
 import SystemPackage
 
 /// The calling process's mount table (/proc/self/mountinfo) and unmounting.
@@ -8,6 +9,17 @@ public enum Mounts {
     /// Mount points, in mountinfo order (parents before the mounts on them).
     public static func mountPoints() throws(Errno) -> [String] {
         parseMountPoints(try FileSystem.readString("/proc/self/mountinfo"))
+    }
+
+    /// Whether `path` is the root of a mount (statx's mount-root attribute:
+    /// no read of the mount table, which is long on a busy node; the table
+    /// where the kernel does not report the attribute).
+    public static func isMountPoint(_ path: String) -> Bool {
+        switch kr_is_mount_root(path) {
+        case 1: return true
+        case 0: return false
+        default: return errno == ENOTSUP && (try? mountPoints())?.contains(path) == true
+        }
     }
 
     static func parseMountPoints(_ mountinfo: String) -> [String] {

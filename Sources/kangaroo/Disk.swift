@@ -28,7 +28,7 @@ struct DiskPoolService: Service {
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             try? await Task.sleep(for: .seconds(1))
             guard activity.isQuiet() else { continue }
-            do { try await PoolWorker.run { () throws(DiskError) in try pool.fill(stop: { !activity.isQuiet() }) } } catch {
+            do { try await OwnThread.run(nice: 10) { () throws(DiskError) in try pool.fill(stop: { !activity.isQuiet() }) } } catch {
                 logger.warning("disks: cannot fill the pool", metadata: ["error": "\(error)"])
             }
         }

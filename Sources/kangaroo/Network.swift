@@ -97,7 +97,7 @@ struct NetworkPoolService: Service {
             for network in networks {
                 do {
                     let repair = rounds % 120 == 0
-                    try await PoolWorker.run { () throws(NetworkError) in
+                    try await OwnThread.run(nice: 10) { () throws(NetworkError) in
                         if repair {
                             try network.ensureNode(force: true)
                             try network.reconcile()

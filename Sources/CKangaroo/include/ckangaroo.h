@@ -202,6 +202,11 @@ int kr_wexitstatus(int status);
 int kr_wifsignaled(int status);
 int kr_wtermsig(int status);
 
+// Whether path is the root of a mount (statx STATX_ATTR_MOUNT_ROOT, not
+// following a last symlink): 1, 0, or -1/errno (also when the kernel does
+// not report the attribute).
+int kr_is_mount_root(const char *path);
+
 // FUSE ioctls and kernel struct layouts (KangarooFUSE).
 #include "ckangaroo_fuse.h"
 #include "ckangaroo_fuse_ring.h"
