@@ -1,5 +1,4 @@
 import ContainerdAPI
-import Dispatch
 import Foundation
 import KangarooNode
 import KangarooRuntime
