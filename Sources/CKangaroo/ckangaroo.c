@@ -83,23 +83,26 @@ static int write_text(const char *path, const char *text) {
 }
 
 int kr_idmapped_mount(const char *source, const char *target, unsigned base, unsigned count) {
-    int ready[2], done[2];
+    // A child in a new user namespace holds it while its maps are written
+    // and it is opened, then is killed. (Not told to exit by closing a
+    // pipe: a process another thread clones meanwhile keeps a copy of the
+    // write end until it execs, a container's init until it is started, so
+    // the end of file could come late or never.)
+    int ready[2];
     if (pipe2(ready, O_CLOEXEC) != 0) return -errno;
-    if (pipe2(done, O_CLOEXEC) != 0) { int e = errno; close(ready[0]); close(ready[1]); return -e; }
     pid_t pid = fork();
-    if (pid < 0) { int e = errno; close(ready[0]); close(ready[1]); close(done[0]); close(done[1]); return -e; }
+    if (pid < 0) { int e = errno; close(ready[0]); close(ready[1]); return -e; }
     if (pid == 0) {
-        close(done[1]);
         close(ready[0]);
         char c = unshare(CLONE_NEWUSER) == 0 ? 'y' : 'n';
         (void)!write(ready[1], &c, 1);
-        (void)!read(done[0], &c, 1);
-        _exit(0);
+        for (;;) pause();
     }
     close(ready[1]);
-    close(done[0]);
     char c = 0;
-    int rc = read(ready[0], &c, 1) == 1 && c == 'y' ? 0 : -EPERM;
+    ssize_t got;
+    do { got = read(ready[0], &c, 1); } while (got < 0 && errno == EINTR);
+    int rc = got == 1 && c == 'y' ? 0 : -EPERM;
     close(ready[0]);
     char path[64], map[64];
     snprintf(map, sizeof map, "0 %u %u\n", base, count);
@@ -112,7 +115,7 @@ int kr_idmapped_mount(const char *source, const char *target, unsigned base, uns
         ns = open(path, O_RDONLY | O_CLOEXEC);
         if (ns < 0) rc = -errno;
     }
-    close(done[1]);
+    kill(pid, SIGKILL);
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
     if (rc != 0) { if (ns >= 0) close(ns); return rc; }
     int tree = (int)syscall(428 /* open_tree */, AT_FDCWD, source, 1 /* OPEN_TREE_CLONE */ | O_CLOEXEC | 0x8000 /* AT_RECURSIVE */);
@@ -167,18 +170,29 @@ int kr_try_reap(pid_t pid, int *status) {
     return r == pid ? 1 : 0;
 }
 
-ssize_t kr_recv_with_pid(int sock, void *buf, size_t len, pid_t *pid) {
-    struct iovec iov = {.iov_base = buf, .iov_len = len};
-    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(struct ucred))]; } u;
-    struct msghdr msg = {0};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = u.buf;
-    msg.msg_controllen = sizeof(u.buf);
-    *pid = 0;
+// recvmsg into buf with room for ancillary data in control (EINTR retried):
+// the byte count or -errno; the control messages are then in *msg.
+static ssize_t recv_with_control(int sock, void *buf, size_t len, struct msghdr *msg, struct iovec *iov,
+                                 void *control, size_t control_len) {
+    iov->iov_base = buf;
+    iov->iov_len = len;
+    memset(msg, 0, sizeof(*msg));
+    msg->msg_iov = iov;
+    msg->msg_iovlen = 1;
+    msg->msg_control = control;
+    msg->msg_controllen = control_len;
     ssize_t n;
-    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
-    if (n < 0) return -errno;
+    do { n = recvmsg(sock, msg, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : n;
+}
+
+ssize_t kr_recv_with_pid(int sock, void *buf, size_t len, pid_t *pid) {
+    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(struct ucred))]; } u;
+    struct msghdr msg;
+    struct iovec iov;
+    *pid = 0;
+    ssize_t n = recv_with_control(sock, buf, len, &msg, &iov, u.buf, sizeof(u.buf));
+    if (n < 0) return n;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
             struct ucred cred;
@@ -218,17 +232,12 @@ int kr_send_message(int sock, const void *buf, size_t len, int fd) {
 }
 
 int kr_recv_message(int sock, void *buf, size_t len, int *fd) {
-    struct iovec iov = {.iov_base = buf, .iov_len = len};
     union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } u;
-    struct msghdr msg = {0};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = u.buf;
-    msg.msg_controllen = sizeof(u.buf);
+    struct msghdr msg;
+    struct iovec iov;
     *fd = -1;
-    ssize_t n;
-    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
-    if (n < 0) return -errno;
+    ssize_t n = recv_with_control(sock, buf, len, &msg, &iov, u.buf, sizeof(u.buf));
+    if (n < 0) return (int)n;
     struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
     if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) memcpy(fd, CMSG_DATA(c), sizeof(int));
     return (int)n;

@@ -31,12 +31,16 @@ public final class ChunkCache: Sendable {
             dataPath = directory + "/" + blob.digestHex + ".data"
             let bitmapPath = directory + "/" + blob.digestHex + ".bitmap"
             let hadData = Sys.exists(dataPath)
-            let data = try Sys.open(dataPath, O_RDWR | O_CREAT)
+            // Root's alone: an image's bytes are no tenant's to read from the
+            // host (a cache made before keeps its files, so they are set too).
+            let data = try Sys.open(dataPath, O_RDWR | O_CREAT, 0o600)
             let bitmap: Int32
-            do { bitmap = try Sys.open(bitmapPath, O_RDWR | O_CREAT) } catch {
+            do { bitmap = try Sys.open(bitmapPath, O_RDWR | O_CREAT, 0o600) } catch {
                 Sys.close(data)
                 throw error
             }
+            fchmod(data, 0o600)
+            fchmod(bitmap, 0o600)
             dataFD = data
             bitmapFD = bitmap
             let bitmapBytes = Int((blocks + 7) / 8)
@@ -83,6 +87,7 @@ public final class ChunkCache: Sendable {
     /// Opens (creating as needed) the cache entries of every blob of `bootstrap`.
     public init(directory: String, bootstrap: Bootstrap) throws(LazyFSError) {
         try Sys.mkdirs(directory)
+        chmod(directory, 0o700)
         self.directory = directory
         var files: [BlobFile] = []
         for blob in bootstrap.blobs { files.append(try BlobFile(directory: directory, blob: blob)) }

@@ -62,8 +62,15 @@ public enum MountControl {
     public static func statePath(_ mountPoint: String) -> String { runDirectory + "/" + id(mountPoint) + ".json" }
     public static func statsPath(_ mountPoint: String) -> String { runDirectory + "/" + id(mountPoint) + ".stats.json" }
 
-    public static func writeState(_ state: State) throws {
+    /// The run directory, made root's alone (the mounts' logs and state
+    /// name images and paths no tenant is to read from the host).
+    public static func makeRunDirectory() throws {
         try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
+        chmod(runDirectory, 0o700)
+    }
+
+    public static func writeState(_ state: State) throws {
+        try makeRunDirectory()
         try JSONEncoder().encode(state).write(to: URL(fileURLWithPath: statePath(state.mountPoint)), options: .atomic)
     }
 

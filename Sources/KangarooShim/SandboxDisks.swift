@@ -80,9 +80,12 @@ public final class SandboxDisks: Sendable {
         do { disk = try diskPool().acquire(owner: owner(namespace: namespace, sandbox: role.sandbox), size: role.size) } catch {
             throw ShimError(.failedPrecondition, "sandbox \(role.sandbox): no disk: \(error)")
         }
-        do { try FileSystem.makeDirectories(mnt, mode: 0o711) } catch {
+        // Root's alone: the daemon mounts the overlays over the disk, no
+        // tenant walks to it (another sandbox's escaped process could).
+        do { try FileSystem.makeDirectories(mnt, mode: 0o700) } catch {
             throw ShimError(.failedPrecondition, "create \(mnt): \(error)")
         }
+        for d in [root, root + "/" + namespace] { chmod(d, 0o700) }
         guard mount(disk.device!, mnt, "ext4", 0, nil) == 0 else {
             let e = errno
             _ = try? diskPool().release(owner: owner(namespace: namespace, sandbox: role.sandbox))

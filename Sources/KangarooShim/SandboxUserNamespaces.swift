@@ -183,11 +183,16 @@ public final class SandboxUserNamespaces: Sendable {
             }
             return target
         }
-        // Walkable (not listable) down to the rootfs, for the mapped root.
-        do { try FileSystem.makeDirectories(dir, mode: 0o711) } catch {
+        // Walkable (not listable) down to the container's directory, which
+        // is the range's alone: its mapped root walks to the rootfs, no
+        // other sandbox's id (an escaped process) does.
+        do { try FileSystem.makeDirectories(dir, mode: 0o700) } catch {
             throw ShimError(.failedPrecondition, "create \(dir): \(error)")
         }
-        for d in [root, root + "/" + namespace, dir] { chmod(d, 0o711) }
+        for d in [root, root + "/" + namespace] { chmod(d, 0o711) }
+        guard chown(dir, base, base) == 0, chmod(dir, 0o700) == 0 else {
+            throw ShimError(.failedPrecondition, "container \(id): chown \(dir): \(String(cString: strerror(errno)))")
+        }
         var out: [Containerd_Types_Mount] = []
         for m in mounts {
             var m = m

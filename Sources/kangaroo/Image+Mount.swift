@@ -72,7 +72,7 @@ extension ImageCommand {
                 }
                 if DaemonFork.isChild {
                     // Errors before this point are the parent's to report.
-                    try? FileManager.default.createDirectory(atPath: MountControl.runDirectory, withIntermediateDirectories: true)
+                    try? MountControl.makeRunDirectory()
                     DaemonFork.redirectOutput(to: Self.logPath(mountPoint))
                 }
                 if daemon { return try spawnDaemon(mountPoint: mountPoint) }
@@ -114,7 +114,7 @@ extension ImageCommand {
                 mountOptions.metricsAddress = metricsAddress
                 mountOptions.failover = failover
                 mountOptions.takeover = takeover
-                try FileManager.default.createDirectory(atPath: MountControl.runDirectory, withIntermediateDirectories: true)
+                try MountControl.makeRunDirectory()
                 let lazy = try LazyMount(image: image, source: source, options: mountOptions, logger: logger)
                 try lazy.start()
                 emit("\(takeover == nil ? "mounted" : "took over") \(reference) at \(mountPoint) (fuse) in \(milliseconds(since: started)) ms")
@@ -182,7 +182,7 @@ extension ImageCommand {
         /// when that was not possible, this program run again without
         /// --daemon in a new session.
         func spawnDaemon(mountPoint: String) throws {
-            try FileManager.default.createDirectory(atPath: MountControl.runDirectory, withIntermediateDirectories: true)
+            try MountControl.makeRunDirectory()
             let logPath = Self.logPath(mountPoint)
             let before = MountControl.mountedType(mountPoint)
             let daemon: DaemonChild

@@ -106,7 +106,10 @@ struct RunCommand: AsyncParsableCommand {
                                     created: Date().timeIntervalSince1970, detached: detach)
             record = r
             let dir = paths.container(id)
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+            // Root's alone (the container's range's with --userns, for its
+            // root to walk to the rootfs): no other container's escaped
+            // process reads its rootfs, layers or disk from the host.
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
             try r.save(paths)
 
             // 3. read-only image mount (shared), overlay on top
@@ -126,6 +129,9 @@ struct RunCommand: AsyncParsableCommand {
                 var layer = lower
                 if userns {
                     userRange = try Self.mapImage(lower, id: id, dir: dir, paths: paths)
+                    if let userRange, chown(dir, userRange, userRange) != 0 {
+                        throw CLIError("cannot give \(dir) to the container's ids: \(String(cString: strerror(errno)))")
+                    }
                     layer = dir + "/lower"
                     marks.append(("idmapped image", Date()))
                 }

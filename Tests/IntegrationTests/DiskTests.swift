@@ -160,6 +160,13 @@ extension DiskTests {
         for _ in 0..<50 where !FileManager.default.fileExists(atPath: f.run.tmp.sub("state/containers/\(ids[0])/disk/upper/made-inside")) { usleep(100_000) }
         var st = stat()
         #expect(stat(f.run.tmp.sub("state/containers/\(ids[0])/disk/upper/made-inside"), &st) == 0 && st.st_uid == ranges[0], "owner \(st.st_uid), range \(ranges[0])")
+        // The first container's ids, escaped to the host, cannot read what
+        // the second wrote (its rootfs, its disk) or its image layer.
+        for path in ["rootfs/made-inside", "disk/upper/made-inside", "lower/bin/busybox"].map({ f.run.tmp.sub("state/containers/\(ids[1])/" + $0) }) {
+            #expect(FileManager.default.fileExists(atPath: path), "\(path)")
+            let escaped = try run("/usr/bin/setpriv", ["--reuid=\(ranges[0])", "--regid=\(ranges[0])", "--clear-groups", "/usr/bin/head", "-c1", path])
+            #expect(escaped.status != 0 && escaped.output.contains("Permission denied"), "host id \(ranges[0]) reads \(path): \(escaped.output)")
+        }
         // Removal gives the ranges and the idmapped image mounts back.
         for id in ids { try f.k(["rm", "-f", id]) }
         let left = (try? String(contentsOfFile: f.run.tmp.sub("state/idranges/idranges.json"), encoding: .utf8)) ?? ""

@@ -98,16 +98,18 @@ extension TestContainerd {
     /// and containerd has it as the proxy snapshotter `kangaroo`; with
     /// `separateSnapshotter` too, the snapshotter is a daemon of its own
     /// (`startSnapshotterDaemon`) and the shim's daemon serves no snapshotter.
+    /// `daemonEnvironment` adds to what the node daemon is told (its pools).
     public static func forKangaroo(node: TempDir, extraConfig: String = "", cri: Bool = false,
-                                   snapshotter: Bool = false, separateSnapshotter: Bool = false) throws -> TestContainerd {
+                                   snapshotter: Bool = false, separateSnapshotter: Bool = false,
+                                   daemonEnvironment: [String: String] = [:]) throws -> TestContainerd {
         var config = extraConfig
-        var environment = nodeEnvironment(node)
+        var environment = nodeEnvironment(node).merging(daemonEnvironment) { $1 }
         if separateSnapshotter {
             environment["KANGAROO_SNAPSHOTTER_SOCKET"] = "none"
             try startSnapshotterDaemon(node)
         }
         if snapshotter {
-            if !separateSnapshotter { try startNodeDaemon(node) }
+            if !separateSnapshotter { try startNodeDaemon(node, environment: daemonEnvironment) }
             config += """
 
             [proxy_plugins.kangaroo]
@@ -138,9 +140,9 @@ extension TestContainerd {
 
     /// Starts `kangaroo node` for `node` (detached, as the shim would) and
     /// waits until both its sockets accept connections.
-    public static func startNodeDaemon(_ node: TempDir) throws {
+    public static func startNodeDaemon(_ node: TempDir, environment: [String: String] = [:]) throws {
         let log = node.sub("node.log")
-        let env = nodeEnvironment(node).map { "\($0.key)='\($0.value)'" }.joined(separator: " ")
+        let env = nodeEnvironment(node).merging(environment) { $1 }.map { "\($0.key)='\($0.value)'" }.joined(separator: " ")
         try run("/bin/sh", ["-c", "env \(env) setsid \(TestEnv.kangaroo) node --shim-socket '\(node.sub("shim.sock"))' --log-level debug </dev/null >>'\(log)' 2>&1 &"], check: true)
         for _ in 0..<200 {
             if FileManager.default.fileExists(atPath: node.sub("snapshotter.sock")),

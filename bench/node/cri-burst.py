@@ -5,13 +5,16 @@ reported running), and prints one JSON object: per-pod seconds from
 RunPodSandbox to the container running, and the wall time for all N.
 Then stops and removes every pod it made.
 
-    bench/node/cri-burst.py SOCKET HANDLER IMAGE N [CGROUP_PARENT]
+    bench/node/cri-burst.py SOCKET HANDLER IMAGE N [CGROUP_PARENT] [--pod-network]
 
-Host-network pods (pod networks come with issue 10); the image must be in
+Host-network pods, or with --pod-network pods with network namespaces of
+their own (the CNI plugins of containerd's conf_dir); the image must be in
 containerd's k8s.io namespace already. PyPI's container-runtime-interface-api
 and grpcio (scripts/deps.sh installs them).
 """
 import json
+import os
+import shutil
 import sys
 import threading
 import time
@@ -22,8 +25,10 @@ from cri_api.v1 import api_pb2_grpc as cri_grpc
 
 
 def main():
-    sock, handler, image, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    cgroup_parent = sys.argv[5] if len(sys.argv) > 5 else ""
+    args = [a for a in sys.argv[1:] if a != "--pod-network"]
+    network = cri.POD if "--pod-network" in sys.argv[1:] else cri.NODE
+    sock, handler, image, n = args[0], args[1], args[2], int(args[3])
+    cgroup_parent = args[4] if len(args) > 4 else ""
     channel = grpc.insecure_channel("unix://" + sock, options=[("grpc.max_concurrent_streams", 1000)])
     rt = cri_grpc.RuntimeServiceStub(channel)
     tag = "burst-%d" % int(time.time() * 1000)
@@ -40,7 +45,7 @@ def main():
                 metadata=cri.PodSandboxMetadata(name="%s-%d" % (tag, i), uid="%s-%d-uid" % (tag, i), namespace="bench", attempt=0),
                 log_directory="/tmp/kangaroo-bench-cri-logs/%s-%d" % (tag, i),
                 linux=cri.LinuxPodSandboxConfig(cgroup_parent=cgroup_parent, security_context=cri.LinuxSandboxSecurityContext(
-                    namespace_options=cri.NamespaceOption(network=cri.NODE, pid=cri.POD, ipc=cri.POD))))
+                    namespace_options=cri.NamespaceOption(network=network, pid=cri.POD, ipc=cri.POD))))
             pod = rt.RunPodSandbox(cri.RunPodSandboxRequest(config=cfg, runtime_handler=handler), timeout=300).pod_sandbox_id
             pods[i] = pod
             t1 = time.monotonic()
@@ -68,6 +73,16 @@ def main():
     for t in threads:
         t.join()
     wall = time.monotonic() - t0
+    netns = []  # the pods' network namespaces (CRI's paths), for leak checks
+    for pod in pods:
+        if pod and network == cri.POD:
+            try:
+                st = rt.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=pod, verbose=True), timeout=60)
+                info = json.loads(st.info.get("info", "{}"))
+                netns += [n.get("path") for n in info.get("runtimeSpec", {}).get("linux", {}).get("namespaces", [])
+                          if n.get("type") == "network" and n.get("path")]
+            except Exception as e:
+                errors.append("status %s: %s" % (pod, e))
     for pod in pods:
         if pod:
             try:
@@ -75,9 +90,16 @@ def main():
                 rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=120)
             except Exception as e:
                 errors.append("remove %s: %s" % (pod, e))
+    # The pods' log directories go with them (the parent too, once empty).
+    for i in range(n):
+        shutil.rmtree("/tmp/kangaroo-bench-cri-logs/%s-%d" % (tag, i), ignore_errors=True)
+    try:
+        os.rmdir("/tmp/kangaroo-bench-cri-logs")
+    except OSError:
+        pass
     ok = [x for x in latencies if x is not None]
     print(json.dumps({"pods": n, "ok": len(ok), "wall_s": wall, "latencies_s": ok,
-                      "phases_s": [p for p in phases if p is not None], "errors": errors[:5]}))
+                      "phases_s": [p for p in phases if p is not None], "netns": netns, "errors": errors[:5]}))
 
 
 if __name__ == "__main__":
