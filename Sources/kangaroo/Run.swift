@@ -65,9 +65,6 @@ struct RunCommand: AsyncParsableCommand {
             if let cpus, !(cpus > 0 && cpus <= 1024) { throw CLIError("--cpus must be > 0") }
             guard ["none", "host", "pod"].contains(network) else { throw CLIError("--network '\(network)' is not one of none, host, pod") }
             let podNetwork = network == "pod" ? try Self.loadNetwork(networkConfig) : nil
-            if userns && network != "none" {
-                throw CLIError("--userns with --network \(network) is not supported yet (the namespace's sysfs needs a network namespace of its own)")
-            }
             let diskBytes: UInt64? = try diskSize.map {
                 guard let n = parseSize($0), n >= 16 << 20 else { throw CLIError("--disk-size '\($0)' is not a size of at least 16M") }
                 return UInt64(n)

@@ -360,9 +360,19 @@ struct NetworkTests {
         #expect(try net.links() == [net.bridge])
         let pins = (procText("/proc/self/mountinfo") ?? "").split(separator: "\n").filter { $0.contains(f.tmp.path) && $0.contains("netns") }
         #expect(pins.isEmpty, "\(pins)")
+        // The same with --userns: root inside is a range of its own, the
+        // pod's namespace (the host's) is joined before the user namespace.
+        let u = try f.k(["run", "--rm", "--userns", "--network", "pod", "--network-config", net.confPath, "sample", "/bin/sh", "-c",
+                         "id -u; cat /proc/self/uid_map; ip -o -4 addr show eth0; wget -q -O - http://\(net.gateway()):18416/ok"], check: false)
+        #expect(u.status == 0 && u.stdout.hasPrefix("0\n") && u.stdout.contains("inet 10.240.16.") && u.stdout.contains("reached-the-node"), "\(u.output)")
+        #expect(u.stdout.split(separator: "\n").dropFirst().first?.split(separator: " ").filter { !$0.isEmpty }.first == "0"
+                && !u.stdout.contains("4294967295"), "a mapped range: \(u.stdout)")
+        #expect((try net.status()["pods"] as? [Any])?.count == 0)
         // host: the node's interfaces; none: loopback only.
         let host = try f.k(["run", "--rm", "--network", "host", "sample", "/bin/sh", "-c", "cat /proc/net/dev"])
         #expect(host.stdout.contains(net.bridge + ":"), "\(host.stdout)")
+        let hostU = try f.k(["run", "--rm", "--userns", "--network", "host", "sample", "/bin/sh", "-c", "id -u; cat /proc/net/dev"], check: false)
+        #expect(hostU.status == 0 && hostU.stdout.hasPrefix("0\n") && hostU.stdout.contains(net.bridge + ":"), "\(hostU.output)")
         let none = try f.k(["run", "--rm", "sample", "/bin/sh", "-c", "cat /proc/net/dev"])
         #expect(none.stdout.contains("lo:") && !none.stdout.contains("eth0:") && !none.stdout.contains(net.bridge), "\(none.stdout)")
         let bad = try f.k(["run", "--rm", "--network", "bridge", "sample"], check: false)
