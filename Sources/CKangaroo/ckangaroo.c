@@ -793,9 +793,23 @@ static const char *resolve_exec(const struct kr_init_config *c, char *buf, size_
     die("exec: \"%s\": executable file not found in $PATH", file);
 }
 
+// Called before a created init waits for `start`. Everything above the
+// preserved range is closed but the sync socket and the exec fifo, which
+// are close-on-exec'd: a daemon that clones inits from many threads has, at
+// that moment, other containers' sockets, pipes, loop devices and FUSE
+// connections open, and a copy held here until start would keep a peer
+// from seeing end of file, or a device from being released.
 static void close_extra_fds(const struct kr_init_config *c) {
-    // Everything above the preserved range is close-on-exec'd.
     int first = 3 + (c->preserve_fds > 0 ? c->preserve_fds : 0);
+    int keep[2] = {c->sync_fd, c->fifo_fd};
+    if (keep[0] > keep[1]) { int t = keep[0]; keep[0] = keep[1]; keep[1] = t; }
+    int from = first;
+    for (int i = 0; i < 2; i++) {
+        if (keep[i] < from) continue;
+        if (keep[i] > from) syscall(SYS_close_range, (unsigned)from, (unsigned)(keep[i] - 1), 0);
+        from = keep[i] + 1;
+    }
+    syscall(SYS_close_range, (unsigned)from, ~0U, 0);
     if (syscall(SYS_close_range, (unsigned)first, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */) < 0) {
         for (int fd = first; fd < 1024; fd++) fcntl(fd, F_SETFD, FD_CLOEXEC);
     }

@@ -58,6 +58,31 @@ struct RuntimeLifecycleTests {
         #expect(try Harness.kr(root, ["state", "life"]).code == 1)
     }
 
+    @Test("a created container's init holds none of its caller's other descriptors while it waits for start")
+    func createdInitHoldsNoInheritedDescriptors() throws {
+        try Harness.ensureDeps()
+        let root = try Harness.tempDir("root")
+        let bundle = try Harness.bundle("fds", args: ["sleep", "1000"]) { c in
+            c.set(["linux", "cgroupsPath"], .string("/kangaroo-test-fds"))
+        }
+        defer { _ = try? Harness.kr(root, ["delete", "--force", "fds"]); try? FileManager.default.removeItem(atPath: bundle); try? FileManager.default.removeItem(atPath: root) }
+        // The caller has a file and a pipe open (not close-on-exec), as a
+        // daemon cloning inits from many threads has other containers'.
+        let created = try Harness.run(["/bin/sh", "-c", "exec 7</etc/hostname 8</etc/hostname 9>/dev/null; exec \"$0\" --root \"$1\" create --bundle \"$2\" --pid-file \"$2/pid\" fds",
+                                       Harness.runtimeBinary, root, bundle])
+        #expect(created.code == 0, "\(created.err)")
+        let pid = Int32((try? String(contentsOfFile: bundle + "/pid", encoding: .utf8)) ?? "") ?? 0
+        #expect(pid > 0)
+        let fds = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).compactMap { Int($0) }.sorted()
+        let targets = fds.map { ($0, (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)")) ?? "?") }
+        #expect(!targets.contains { $0.1 == "/etc/hostname" }, "the init holds its caller's files: \(targets)")
+        // 0-2, the sync socket and the exec fifo.
+        #expect(fds.count <= 5, "\(targets)")
+        #expect(try Harness.kr(root, ["start", "fds"]).code == 0)
+        let after = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).compactMap { Int($0) }.sorted()
+        #expect(after == [0, 1, 2], "after exec: \(after)")
+    }
+
     @Test(arguments: [("exit 7", Int32(7)), ("sh -c 'kill -9 $$'; exit $?", Int32(137)), ("true", Int32(0))])
     func runReturnsExitCodeLikeRunc(script: String, expected: Int32) throws {
         try Harness.ensureDeps()
