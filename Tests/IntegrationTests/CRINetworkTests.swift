@@ -69,14 +69,8 @@ struct CRINetworkTests {
                 return l.trimmingCharacters(in: .whitespaces)
             }.sorted()
         }
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
-        server.arguments = ["--net=" + netnsA, "python3", "-m", "http.server", "8080", "--bind", "0.0.0.0"]
-        server.standardOutput = FileHandle.nullDevice
-        server.standardError = FileHandle.nullDevice
-        try server.run()
-        defer { kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
-        for _ in 0..<100 where !(try inPod(netnsA, ["ss", "-Hltn", "sport = :8080"])).contains(":8080") { usleep(50_000) }
+        let server = try NamespaceServer(netns: netnsA, port: 8080, dir: node)
+        defer { withExtendedLifetime(server) {} }
         func curl(_ netns: String?, _ url: String) throws -> String {
             let args = ["-s", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}", url]
             if let netns { return (try? inPod(netns, ["curl"] + args)) ?? "000" }

@@ -109,16 +109,8 @@ final class CRISandboxTests {
         let ipB = b["ip"] as? String ?? "?", netnsB = b["netns"] as? String ?? "?"
         #expect(ipB.hasPrefix(Self.subnet), "\(b)")
         // A server in pod B's network namespace, for pod A to reach.
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
-        server.arguments = ["--net=" + netnsB, "python3", "-m", "http.server", "8080", "--bind", "0.0.0.0"]
-        server.standardOutput = FileHandle.nullDevice
-        server.standardError = FileHandle.nullDevice
-        try server.run()
-        defer { kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
-        for _ in 0..<100 where !((try? run("/usr/bin/nsenter", ["--net=" + netnsB, "ss", "-Hltn", "sport = :8080"]).stdout) ?? "").contains(":8080") {
-            usleep(50_000)
-        }
+        let server = try NamespaceServer(netns: netnsB, port: 8080, dir: node)
+        defer { withExtendedLifetime(server) {} }
         let inside = ["id -u; cat /proc/self/uid_map", "stat -c '%u %g' /bin/busybox", "echo secret-a > /made-inside && stat -c %u /made-inside",
                       "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 \(ipB) 8080 | head -n 1"]
         let a = try pod("sandbox-a", inside)

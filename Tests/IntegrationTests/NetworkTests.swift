@@ -88,22 +88,24 @@ final class TestNetwork: @unchecked Sendable {
     deinit { remove() }
 }
 
-/// An HTTP server in a namespace (python3 -m http.server), stopped at deinit.
+/// An HTTP server in a network namespace (python3 -m http.server), stopped
+/// at deinit: `netns` is a name of `ip netns` or a path (CRI's namespaces).
 final class NamespaceServer: @unchecked Sendable {
     let process = Process()
     /// The server's log: one line per request, with the client's address.
     let log: String
     init(netns: String, port: Int, dir: TempDir) throws {
-        log = dir.sub("http-\(netns)-\(port).log")
+        log = dir.sub("http-\((netns as NSString).lastPathComponent)-\(port).log")
         FileManager.default.createFile(atPath: log, contents: nil)
-        process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-        process.arguments = ["netns", "exec", netns, "python3", "-u", "-m", "http.server", "\(port)", "--bind", "0.0.0.0"]
+        let enter = netns.hasPrefix("/") ? ["/usr/bin/nsenter", "--net=" + netns] : ["/usr/sbin/ip", "netns", "exec", netns]
+        process.executableURL = URL(fileURLWithPath: enter[0])
+        process.arguments = Array(enter.dropFirst()) + ["python3", "-u", "-m", "http.server", "\(port)", "--bind", "0.0.0.0"]
         process.standardOutput = FileHandle.nullDevice
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         try process.run()
         for _ in 0..<100 {
             // Listening (lo may be down in the namespace: no connect to probe).
-            if (try? run("/usr/sbin/ip", ["netns", "exec", netns, "ss", "-Hltn", "sport = :\(port)"]))?.stdout.contains(":\(port)") == true { return }
+            if (try? run(enter[0], Array(enter.dropFirst()) + ["ss", "-Hltn", "sport = :\(port)"]))?.stdout.contains(":\(port)") == true { return }
             usleep(50_000)
         }
     }
