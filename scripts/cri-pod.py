@@ -23,14 +23,26 @@ StopContainer, RemoveContainer, StopPodSandbox, RemovePodSandbox. With
 Uses PyPI's container-runtime-interface-api (CRI v1 stubs) and grpcio.
 """
 import argparse
+import atexit
 import json
 import os
+import shutil
 import sys
 import time
 
 import grpc
 from cri_api.v1 import api_pb2 as cri
 from cri_api.v1 import api_pb2_grpc as cri_grpc
+
+
+DEFAULT_LOGS = "/tmp/kangaroo-cri-logs"
+
+
+def _rmdir(path):
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 def main():
@@ -60,6 +72,8 @@ def main():
         for p in pods:
             rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=p.id), timeout=60)
             rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=p.id), timeout=60)
+        # The default log directories of the pods made without --log-dir.
+        shutil.rmtree(DEFAULT_LOGS, ignore_errors=True)
         print(json.dumps({"removed": len(pods)}))
         return
     if a.pull:
@@ -71,8 +85,12 @@ def main():
         ref = im.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=a.pull)), timeout=120).image_ref
         print(json.dumps({"image_ref": ref, "pull_ms": round((time.monotonic() - t0) * 1000, 1)}))
         return
-    log_dir = a.log_dir or "/tmp/kangaroo-cri-logs/" + a.name
+    log_dir = a.log_dir or DEFAULT_LOGS + "/" + a.name
     os.makedirs(log_dir, exist_ok=True)
+    if not a.log_dir and not a.keep:
+        # A pod removed before this exits leaves no log directory behind
+        # (a kept pod's goes with --remove-all).
+        atexit.register(lambda: (shutil.rmtree(log_dir, ignore_errors=True), _rmdir(DEFAULT_LOGS)))
 
     # The image must already be in containerd's k8s.io namespace (imported by
     # the caller): no PullImage, so nothing resolves a registry host name.

@@ -9,7 +9,8 @@ step() { printf '\n== %s\n' "$*"; }
 step "dependencies and build"
 bash scripts/deps.sh
 bash scripts/node-tuning.sh
-swift build -c release > /tmp/kangaroo-demo-build.log 2>&1 || { tail -40 /tmp/kangaroo-demo-build.log; exit 1; }
+mkdir -p .build
+swift build -c release > .build/release-build.log 2>&1 || { tail -40 .build/release-build.log; exit 1; }
 BIN=$PWD/.build/release/kangaroo
 IMAGES=${KANGAROO_TESTIMAGES:-/var/cache/kangaroo/testimages}
 export KANGAROO_STORE=${KANGAROO_STORE:-/var/lib/kangaroo/store}
