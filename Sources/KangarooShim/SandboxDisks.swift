@@ -33,6 +33,10 @@ public final class SandboxDisks: Sendable {
     public init(pool: DiskConfig, stateRoot: String) {
         self.pool = pool
         root = stateRoot + "/disks"
+        // Root's alone (the daemon mounts the overlays over the disks; no
+        // tenant walks there): made so below, and set once here for a state
+        // directory an earlier version made walkable.
+        chmod(root, 0o700)
     }
 
     public static let sizeAnnotation = "io.kangaroo.disk-size"
@@ -80,12 +84,9 @@ public final class SandboxDisks: Sendable {
         do { disk = try diskPool().acquire(owner: owner(namespace: namespace, sandbox: role.sandbox), size: role.size) } catch {
             throw ShimError(.failedPrecondition, "sandbox \(role.sandbox): no disk: \(error)")
         }
-        // Root's alone: the daemon mounts the overlays over the disk, no
-        // tenant walks to it (another sandbox's escaped process could).
         do { try FileSystem.makeDirectories(mnt, mode: 0o700) } catch {
             throw ShimError(.failedPrecondition, "create \(mnt): \(error)")
         }
-        for d in [root, root + "/" + namespace] { chmod(d, 0o700) }
         guard mount(disk.device!, mnt, "ext4", 0, nil) == 0 else {
             let e = errno
             _ = try? diskPool().release(owner: owner(namespace: namespace, sandbox: role.sandbox))

@@ -39,14 +39,7 @@ final class CRISandboxTests {
             "KANGAROO_DISK_NODE_SIZE": "2G", "KANGAROO_DISK_SIZE": "64M", "KANGAROO_DISK_POOL": "8",
         ]
         try #"{"userns": true}"#.write(toFile: node.sub("userns.json"), atomically: true, encoding: .utf8)
-        let cri = criConfig(node: node, snapshotter: "kangaroo", cniBin: bin) + """
-
-                [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kangaroo-userns]
-                  runtime_type = "io.containerd.kangaroo.v2"
-                  pod_annotations = ["io.kangaroo.*"]
-                  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kangaroo-userns.options]
-                    ConfigPath = "\(node.sub("userns.json"))"
-            """
+        let cri = criConfig(node: node, snapshotter: "kangaroo", cniBin: bin) + criUserNamespaceHandler(configPath: node.sub("userns.json"))
         containerd = try TestContainerd.forKangaroo(node: node, extraConfig: cri, cri: true, snapshotter: true,
                                                     daemonEnvironment: environment)
         let tar = containerd.dir.sub("pause.tar")
@@ -71,11 +64,7 @@ final class CRISandboxTests {
         _ = try? run(TestEnv.kangaroo, ["disk", "remove"], env: TestContainerd.nodeEnvironment(node).merging(environment) { $1 })
         // Whatever a failed removal left running under a range (ids from
         // 2^30 up are the nodes' ranges; no other test uses them).
-        for pid in (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap({ Int32($0) }) ?? [] {
-            let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
-            let uid = status.split(separator: "\n").first { $0.hasPrefix("Uid:") }?.split(separator: "\t").dropFirst().first
-            if let uid, let n = Int(uid), n >= 1 << 30 { kill(pid, SIGKILL) }
-        }
+        for pid in processesUnderIDRanges() { kill(pid, SIGKILL) }
     }
 
     var nodeLog: String { String(((try? String(contentsOfFile: node.sub("node.log"), encoding: .utf8)) ?? "").suffix(3000)) }
@@ -150,10 +139,10 @@ final class CRISandboxTests {
         #expect(!lazy.isEmpty && !chunkFiles.isEmpty, "lazy mounts \(lazy), cache files \(chunkFiles)")
         for (what, path) in targets {
             // Root reads it (it exists), pod A's root escaped to the host does not.
-            let asRoot = try run("/bin/sh", ["-c", "if [ -d \"$1\" ]; then ls \"$1\"; else head -c 1 \"$1\"; fi >/dev/null", "-", path])
+            let open = ["/bin/sh", "-c", "if [ -d \"$1\" ]; then ls \"$1\"; else head -c 1 \"$1\"; fi >/dev/null", "-", path]
+            let asRoot = try run(open[0], Array(open.dropFirst()))
             #expect(asRoot.status == 0, "\(what): \(path): \(asRoot.output)")
-            let escaped = try run("/usr/bin/setpriv", ["--reuid=\(baseA)", "--regid=\(baseA)", "--clear-groups", "/bin/sh", "-c",
-                                                       "if [ -d \"$1\" ]; then ls \"$1\"; else head -c 1 \"$1\"; fi >/dev/null", "-", path])
+            let escaped = try run("/usr/bin/setpriv", ["--reuid=\(baseA)", "--regid=\(baseA)", "--clear-groups"] + open)
             #expect(escaped.status != 0 && escaped.output.contains("Permission denied"),
                     "pod A's host id \(baseA) opens \(what) \(path): status \(escaped.status) \(escaped.output)")
         }
@@ -201,13 +190,7 @@ final class CRISandboxTests {
         v["mounts"] = mountinfo().filter { ($0.contains(" " + node.path + "/") || $0.contains(" " + containerd.dir.path + "/")) && !$0.contains(" - fuse.kangaroo ") }.count
         let ranges = json((try? String(contentsOfFile: node.sub("state/idranges/idranges.json"), encoding: .utf8)) ?? "{}")
         v["id ranges"] = (ranges["ranges"] as? [String: Any])?.count ?? 0
-        var ranged = 0
-        for pid in (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap({ Int32($0) }) ?? [] {
-            let status = procText("/proc/\(pid)/status") ?? ""
-            let uid = status.split(separator: "\n").first { $0.hasPrefix("Uid:") }?.split(separator: "\t").dropFirst().first
-            if let uid, let n = Int(uid), n >= 1 << 30 { ranged += 1 }
-        }
-        v["processes under a range"] = ranged
+        v["processes under a range"] = processesUnderIDRanges().count
         let cg = try run("/bin/sh", ["-c", "find /sys/fs/cgroup -mindepth 2 -path '*/\(cgroupParent)/*' -type d 2>/dev/null | wc -l"]).stdout
         v["pod cgroups"] = Int(cg.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
         return Counts(values: v)

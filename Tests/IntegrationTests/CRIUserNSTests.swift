@@ -16,25 +16,14 @@ extension DiskTests {
         chmod(node.path, 0o711)
         let env = try diskNodeEnvironment(node, nodeSize: "1G", diskSize: "64M")
         try #"{"userns": true}"#.write(toFile: node.sub("userns.json"), atomically: true, encoding: .utf8)
-        let cri = criConfig(node: node, snapshotter: "overlayfs") + """
-
-                [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kangaroo-userns]
-                  runtime_type = "io.containerd.kangaroo.v2"
-                  pod_annotations = ["io.kangaroo.*"]
-                  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kangaroo-userns.options]
-                    ConfigPath = "\(node.sub("userns.json"))"
-            """
+        let cri = criConfig(node: node, snapshotter: "overlayfs") + criUserNamespaceHandler(configPath: node.sub("userns.json"))
         let containerd = try TestContainerd(extraConfig: cri, cri: true, environment: env)
         defer {
             _ = try? run("python3", [TestEnv.repoRoot + "/scripts/cri-pod.py", containerd.socket, "--remove-all"])
             tearDownNode(node, containerd: containerd)
             // Whatever a failed removal left running under a range (ids from
             // 2^30 up are this node's ranges; no other test uses them).
-            for pid in (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap({ Int32($0) }) ?? [] {
-                let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
-                let uid = status.split(separator: "\n").first { $0.hasPrefix("Uid:") }?.split(separator: "\t").dropFirst().first
-                if let uid, let n = Int(uid), n >= 1 << 30 { kill(pid, SIGKILL) }
-            }
+            for pid in processesUnderIDRanges() { kill(pid, SIGKILL) }
             _ = try? run(TestEnv.kangaroo, ["disk", "remove"], env: env)
         }
         for (layout, base) in [("pause", "kangaroo.test/pause"), ("sample", "kangaroo.test/sample")] {
@@ -113,13 +102,7 @@ extension DiskTests {
     func criUserNamespaceBadHandlerFile() throws {
         let node = try TempDir("cri-userns-bad")
         try "userns = yes".write(toFile: node.sub("userns.json"), atomically: true, encoding: .utf8)
-        let cri = criConfig(node: node, snapshotter: "overlayfs") + """
-
-                [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kangaroo-userns]
-                  runtime_type = "io.containerd.kangaroo.v2"
-                  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kangaroo-userns.options]
-                    ConfigPath = "\(node.sub("userns.json"))"
-            """
+        let cri = criConfig(node: node, snapshotter: "overlayfs") + criUserNamespaceHandler(configPath: node.sub("userns.json"))
         let containerd = try TestContainerd(extraConfig: cri, cri: true, environment: TestContainerd.nodeEnvironment(node))
         defer {
             _ = try? run("python3", [TestEnv.repoRoot + "/scripts/cri-pod.py", containerd.socket, "--remove-all"])

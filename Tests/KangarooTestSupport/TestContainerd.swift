@@ -247,3 +247,27 @@ public func tearDownNode(_ node: TempDir, containerd: TestContainerd, sockets: [
         if cmd.contains("image\u{0}mount\u{0}"), cmd.contains(node.path + "/") { kill(pid, SIGKILL) }
     }
 }
+
+/// containerd's CRI runtime handler `kangaroo-userns` (to append to
+/// `criConfig`): the node daemon, with the pod annotations passed on and the
+/// Kangaroo handler file `configPath` (runtimeoptions' ConfigPath).
+public func criUserNamespaceHandler(configPath: String) -> String {
+    """
+
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kangaroo-userns]
+          runtime_type = "io.containerd.kangaroo.v2"
+          pod_annotations = ["io.kangaroo.*"]
+          [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kangaroo-userns.options]
+            ConfigPath = "\(configPath)"
+    """
+}
+
+/// Processes running under a node's id ranges (host uids from 2^30 up,
+/// `IDRangePool`; nothing else on a test machine uses them).
+public func processesUnderIDRanges() -> [Int32] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap { Int32($0) } ?? []).filter { pid in
+        let status = procText("/proc/\(pid)/status") ?? ""
+        let uid = status.split(separator: "\n").first { $0.hasPrefix("Uid:") }?.split(separator: "\t").dropFirst().first
+        return uid.flatMap { Int($0) }.map { $0 >= 1 << 30 } ?? false
+    }
+}
