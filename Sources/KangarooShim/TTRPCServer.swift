@@ -18,11 +18,41 @@ public struct TTRPCRequestContext: Sendable {
     /// part of its work may be done (a service makes such a request
     /// idempotent where it can).
     public var replayed: Bool
-    public init(metadata: [(key: String, value: String)] = [], replayed: Bool = false) {
+    /// Run once the response is written to the connection (or could not
+    /// be): nil when no connection carries the answer (a direct call).
+    public var responseWritten: TTRPCResponseWritten?
+    public init(metadata: [(key: String, value: String)] = [], replayed: Bool = false, responseWritten: TTRPCResponseWritten? = nil) {
         self.metadata = metadata
         self.replayed = replayed
+        self.responseWritten = responseWritten
     }
     public func value(_ key: String) -> String? { metadata.first { $0.key == key }?.value }
+}
+
+/// What a handler wants done once its response is on the wire: a service
+/// orders what it sends elsewhere after it (the Task service holds a
+/// process's exit event until the Kill or Start that caused it is
+/// answered: containerd deletes a task on its exit event and closes the
+/// connection, failing an answer still to come with "ttrpc: closed").
+public final class TTRPCResponseWritten: Sendable {
+    private let actions = Mutex<[@Sendable () -> Void]?>([])
+
+    public init() {}
+
+    /// Runs `action` once the response is written (now if it already is).
+    public func add(_ action: @escaping @Sendable () -> Void) {
+        let late = actions.withLock { a -> Bool in
+            guard a != nil else { return true }
+            a!.append(action)
+            return false
+        }
+        if late { action() }
+    }
+
+    /// The response is written (or the connection is gone).
+    public func fire() {
+        for action in actions.withLock({ a in defer { a = nil }; return a ?? [] }) { action() }
+    }
 }
 
 /// One ttrpc service: its full name ("containerd.task.v2.Task") and a handler
@@ -175,7 +205,9 @@ public final class TTRPCServer: Sendable {
             let dispatcher = self.dispatcher
             let path = directory + "/" + name
             Task(executorPreference: TTRPCServerHandler.executor) {
-                let response = await dispatcher.respond(to: [UInt8](data), replayed: true)
+                let written = TTRPCResponseWritten()
+                defer { written.fire() }
+                let response = await dispatcher.respond(to: [UInt8](data), replayed: true, written: written)
                 let bytes: [UInt8] = (try? response.serializedBytes()) ?? []
                 try? await channel.writeAndFlush(TTRPCFrame(streamID: stream, kind: .response, data: bytes))
                 unlink(path)
@@ -252,7 +284,9 @@ final class TTRPCServerHandler: ChannelInboundHandler, Sendable {
         let dispatcher = self.dispatcher, journal = self.journal
         journal?.record(frame.streamID, frame.data)
         Task(executorPreference: Self.executor) {
-            let response = await dispatcher.respond(to: frame.data)
+            let written = TTRPCResponseWritten()
+            defer { written.fire() }
+            let response = await dispatcher.respond(to: frame.data, written: written)
             let bytes: [UInt8] = (try? response.serializedBytes()) ?? []
             try? await channel.writeAndFlush(TTRPCFrame(streamID: frame.streamID, kind: .response, data: bytes))
             journal?.remove(frame.streamID)
@@ -276,7 +310,21 @@ struct TTRPCDispatcher: Sendable {
     let logger: Logger
     let stats: TTRPCRequestStats
 
-    func respond(to data: [UInt8], replayed: Bool = false) async -> Ttrpc_Response {
+    /// Fault injection for tests of the orderings containerd relies on:
+    /// `KANGAROO_FAULT_ANSWER_DELAY=Kill=0.5,Start=0.2` holds each answer of
+    /// those methods that many seconds before it is written (a slow
+    /// scheduler's worst case). Unset in production: no delay.
+    static let answerDelays: [String: Double] = {
+        guard let spec = ProcessInfo.processInfo.environment["KANGAROO_FAULT_ANSWER_DELAY"] else { return [:] }
+        var delays: [String: Double] = [:]
+        for item in spec.split(separator: ",") {
+            let parts = item.split(separator: "=")
+            if parts.count == 2, let seconds = Double(parts[1]) { delays[String(parts[0])] = seconds }
+        }
+        return delays
+    }()
+
+    func respond(to data: [UInt8], replayed: Bool = false, written: TTRPCResponseWritten? = nil) async -> Ttrpc_Response {
         var response = Ttrpc_Response()
         func fail(_ e: ShimError) -> Ttrpc_Response {
             var status = Ttrpc_Status()
@@ -296,9 +344,11 @@ struct TTRPCDispatcher: Sendable {
         var failed = true
         defer { stats.record(service: request.service, method: request.method, seconds: started.duration(to: .now).seconds, failed: failed) }
         do {
-            let context = TTRPCRequestContext(metadata: request.metadata.map { ($0.key, $0.value) }, replayed: replayed)
+            let context = TTRPCRequestContext(metadata: request.metadata.map { ($0.key, $0.value) }, replayed: replayed,
+                                              responseWritten: written)
             response.payload = Data(try await service.handle(method: request.method, payload: [UInt8](request.payload), context: context))
             failed = false
+            if let delay = Self.answerDelays[request.method] { try? await Task.sleep(for: .seconds(delay)) }
             return response
         } catch let e as ShimError {
             if e.code != .notFound && e.code != .unimplemented {

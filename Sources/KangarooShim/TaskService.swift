@@ -29,10 +29,17 @@ public actor TaskService: TTRPCService {
     /// User-namespaced sandboxes (a runtime handler option).
     let userns: SandboxUserNamespaces
     private var tasks: [Key: TaskRecord] = [:]
-    /// Inits whose Start is being answered, and exits held back until the
-    /// start event is out.
-    private var startsInProgress: Set<Key> = []
-    private var deferredExits: [Key: Int32] = [:]
+    /// Processes whose Start or Kill is being answered (how many of each),
+    /// and their exits held back meanwhile: a start event goes out before
+    /// the exit, and containerd has its Kill's answer before the exit
+    /// event that makes it delete the task and close the connection.
+    private var exitHolds: [ProcessKey: Int] = [:]
+    private var deferredExits: [ProcessKey: Int32] = [:]
+
+    struct ProcessKey: Hashable, Sendable {
+        var task: Key
+        var exec: String?
+    }
 
     struct Key: Hashable, Sendable {
         var namespace: String
@@ -125,10 +132,13 @@ public actor TaskService: TTRPCService {
         case "Create":
             return try await unary(payload, Containerd_Task_V2_CreateTaskRequest.self) { try await self.create(ns, $0, replayed: context.replayed) }
         case "Start":
-            return try await unary(payload, Containerd_Task_V2_StartRequest.self) { try await self.start(ns, $0, replayed: context.replayed) }
+            return try await unary(payload, Containerd_Task_V2_StartRequest.self) {
+                try await self.start(ns, $0, replayed: context.replayed, written: context.responseWritten)
+            }
         case "State": return try await unary(payload, Containerd_Task_V2_StateRequest.self) { try await self.state(ns, $0) }
         case "Wait": return try await unary(payload, Containerd_Task_V2_WaitRequest.self) { try await self.wait(ns, $0) }
-        case "Kill": return try await unary(payload, Containerd_Task_V2_KillRequest.self) { try await self.kill(ns, $0) }
+        case "Kill":
+            return try await unary(payload, Containerd_Task_V2_KillRequest.self) { try await self.kill(ns, $0, written: context.responseWritten) }
         case "Delete": return try await unary(payload, Containerd_Task_V2_DeleteRequest.self) { try await self.delete(ns, $0) }
         case "Exec": return try await unary(payload, Containerd_Task_V2_ExecProcessRequest.self) { try await self.exec(ns, $0) }
         case "Pids": return try await unary(payload, Containerd_Task_V2_PidsRequest.self) { try await self.pids(ns, $0) }
@@ -455,11 +465,28 @@ public actor TaskService: TTRPCService {
         return exec.map { t.execs[$0] } ?? t.initProcess
     }
 
+    /// Holds the exits of process `key` while `body` runs and until its
+    /// response is `written` (at once without a connection).
+    func holdingExits<T>(_ key: ProcessKey, until written: TTRPCResponseWritten?, _ body: () async throws -> T) async throws -> T {
+        exitHolds[key, default: 0] += 1
+        defer {
+            if let written { written.add { Task { await self.releaseExits(key) } } } else { releaseExits(key) }
+        }
+        return try await body()
+    }
+
+    func releaseExits(_ key: ProcessKey) {
+        let n = (exitHolds[key] ?? 1) - 1
+        exitHolds[key] = n > 0 ? n : nil
+        if n <= 0, let status = deferredExits.removeValue(forKey: key) { exited(key.task, exec: key.exec, status: status) }
+    }
+
     func exited(_ key: Key, exec: String?, status: Int32) {
-        // An init that exits while its Start is being answered: its exit
-        // event follows the start event.
-        if exec == nil && startsInProgress.contains(key) {
-            deferredExits[key] = status
+        // A process that exits while its Start or a Kill is being answered:
+        // its exit event follows the answer.
+        let pk = ProcessKey(task: key, exec: exec)
+        if exitHolds[pk] != nil {
+            deferredExits[pk] = status
             return
         }
         guard var t = tasks[key] else { return }
@@ -490,8 +517,16 @@ public actor TaskService: TTRPCService {
     /// `replayed`: the previous daemon read this Start and died, maybe
     /// after releasing the init: an init that is no longer waiting is the
     /// answer, not an error.
-    func start(_ ns: String, _ r: Containerd_Task_V2_StartRequest, replayed: Bool = false) async throws -> Containerd_Task_V2_StartResponse {
+    func start(_ ns: String, _ r: Containerd_Task_V2_StartRequest, replayed: Bool = false,
+               written: TTRPCResponseWritten? = nil) async throws -> Containerd_Task_V2_StartResponse {
         let key = Key(namespace: ns, id: r.id)
+        return try await holdingExits(ProcessKey(task: key, exec: r.execID.isEmpty ? nil : r.execID), until: written) {
+            try await startHeld(key, r, replayed: replayed)
+        }
+    }
+
+    func startHeld(_ key: Key, _ r: Containerd_Task_V2_StartRequest, replayed: Bool) async throws -> Containerd_Task_V2_StartResponse {
+        let ns = key.namespace
         var t = try record(key)
         let runtime = self.runtime(ns)
         let id = r.id
@@ -504,11 +539,6 @@ public actor TaskService: TTRPCService {
                 return response
             }
             guard t.initProcess.state == .created else { throw ShimError(.failedPrecondition, "task \(id) is already started") }
-            startsInProgress.insert(key)
-            defer {
-                startsInProgress.remove(key)
-                if let status = deferredExits.removeValue(forKey: key) { exited(key, exec: nil, status: status) }
-            }
             do { try await blocking { try runtime.start(id: id) } } catch let e as RuntimeError where replayed && e.code == .invalidState {
                 logger.info("replayed Start: the previous daemon had started the task", metadata: ["container": "\(id)"])
             } catch {
@@ -614,8 +644,15 @@ public actor TaskService: TTRPCService {
         return response
     }
 
-    func kill(_ ns: String, _ r: Containerd_Task_V2_KillRequest) async throws -> Google_Protobuf_Empty {
+    func kill(_ ns: String, _ r: Containerd_Task_V2_KillRequest, written: TTRPCResponseWritten? = nil) async throws -> Google_Protobuf_Empty {
         let key = Key(namespace: ns, id: r.id)
+        return try await holdingExits(ProcessKey(task: key, exec: r.execID.isEmpty ? nil : r.execID), until: written) {
+            try await killHeld(key, r)
+        }
+    }
+
+    func killHeld(_ key: Key, _ r: Containerd_Task_V2_KillRequest) async throws -> Google_Protobuf_Empty {
+        let ns = key.namespace
         let t = try record(key)
         if !r.execID.isEmpty {
             guard let p = t.execs[r.execID] else { throw ShimError(.notFound, "exec \(r.execID) of task \(r.id) not found") }

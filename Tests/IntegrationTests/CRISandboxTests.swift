@@ -125,7 +125,9 @@ final class CRISandboxTests {
         #expect(device.hasPrefix("/dev/loop"), "pod B's disk at \(diskMount): \(device)")
         let rootfsB = mounts.map { $0.split(separator: " ")[4] }.first { $0.hasSuffix("/\(containerB).mounts/rootfs") }.map(String.init) ?? "?"
         let layerB = mounts.map { $0.split(separator: " ")[4] }.first { $0.contains("/\(containerB).mounts/lower") }.map(String.init) ?? "?"
+        // This node's lazy mounts (other suites' may be mounted meanwhile).
         let lazy = mounts.filter { $0.contains(" - fuse.kangaroo ") }.map { String($0.split(separator: " ")[4]) }
+            .filter { $0.hasPrefix(node.path + "/") }
         let chunkFiles = (try? run("/usr/bin/find", [node.path, "-xdev", "-type", "f", "-path", "*cache*", "-size", "+0"]).stdout)?
             .split(separator: "\n").map(String.init) ?? []
         var targets: [(String, String)] = [

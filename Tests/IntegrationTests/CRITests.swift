@@ -109,3 +109,52 @@ final class CRITests {
         #expect(mounts.isEmpty, "\(mounts)")
     }
 }
+
+/// containerd deletes a task on its exit event and then closes the task's
+/// connection: an answer to the Kill (or Start) that caused the exit, still
+/// to be written then, fails with "ttrpc: closed" (StopPodSandbox: "failed
+/// to kill sandbox container"). The daemon holds an exit event until that
+/// answer is out; here every Kill and Start answer is held back (the
+/// daemon's fault injection), as a loaded machine's scheduler may.
+@Suite("CRI answers before exits", .serialized,
+       .enabled(if: TestEnv.enabled && FileManager.default.fileExists(atPath: "/usr/bin/containerd"),
+                "needs root, KANGAROO_INTEGRATION=1 and containerd"))
+final class CRIAnswerOrderTests {
+    let node: TempDir
+    let containerd: TestContainerd
+    var script: String { TestEnv.repoRoot + "/scripts/cri-pod.py" }
+
+    init() throws {
+        node = try TempDir("cri-order-node")
+        containerd = try TestContainerd.forKangaroo(node: node, extraConfig: criConfig(node: node, snapshotter: "overlayfs"), cri: true,
+                                                    daemonEnvironment: ["KANGAROO_FAULT_ANSWER_DELAY": "Kill=0.4,Start=0.2"])
+        for (layout, base) in [("pause", "kangaroo.test/pause"), ("sample", "kangaroo.test/sample")] {
+            let tar = containerd.dir.sub(layout + ".tar")
+            try run("/bin/tar", ["-C", TestEnv.images + "/" + layout, "-cf", tar, "."], check: true)
+            try run("/usr/bin/ctr", containerd.ctr + ["-n", "k8s.io", "images", "import", "--base-name", base, tar], check: true)
+        }
+    }
+
+    deinit {
+        _ = try? run("python3", [script, containerd.socket, "--remove-all"])
+        tearDownNode(node, containerd: containerd)
+    }
+
+    @Test("pods stop and go while every Kill and Start answer is slower than the exit it causes")
+    func killAnswersPrecedeExitEvents() throws {
+        for i in 0..<3 {
+            let r = try run("python3", [script, containerd.socket, "kangaroo", "kangaroo.test/sample:latest", "pod-order-\(i)",
+                                        "--log-dir", node.sub("logs/pod-order-\(i)")])
+            let o = (try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]) ?? [:]
+            #expect(r.status == 0 && o["error"] == nil && o["pods_left"] as? Int == 0, "pod \(i): \(r.output)")
+        }
+        // The answers were held (the fault was in effect): each Kill that
+        // succeeded took its 0.4 s.
+        let status = try run(TestEnv.kangaroo, ["node", "status", "--json", "--shim-socket", node.sub("shim.sock")], check: true).stdout
+        let requests = ((try? JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any])?["requests"] as? [[String: Any]]) ?? []
+        let kill = requests.first { $0["method"] as? String == "Kill" }
+        let answered = (kill?["count"] as? Int ?? 0) - (kill?["failed"] as? Int ?? 0), seconds = kill?["seconds"] as? Double ?? 0
+        #expect(answered > 0 && seconds >= 0.4 * Double(answered), "Kill answers: \(kill ?? [:])")
+        #expect(try run("/usr/bin/ctr", containerd.ctr + ["-n", "k8s.io", "task", "ls", "-q"]).stdout.isEmpty)
+    }
+}

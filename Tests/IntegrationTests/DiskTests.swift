@@ -51,17 +51,26 @@ struct DiskTests {
         let total = Int(df.stdout.split(separator: " ").filter { !$0.isEmpty }.dropFirst().first ?? "") ?? 0
         // ext4's own metadata (journal, inode tables) takes its share.
         #expect(total > 48 * 1024 && total <= 64 * 1024, "df: \(df.stdout)")
-        // The neighbour writes after the other container has filled its disk.
+        // The neighbour writes once the other container has filled its disk:
+        // told so by a signal (a fixed delay is no order on a loaded machine).
+        let marker = "neighbour-\(UUID().uuidString.prefix(8))"
         let neighbour = try f.k(["run", "-d", "--name", "neighbour", "--disk-size", "64M", "sample", "/bin/sh", "-c",
-                                 "sleep 3; dd if=/dev/zero of=/ok bs=1M count=20 2>/dev/null; echo status=$? > /ok.status; sleep 1000"]).stdout
+                                 "trap 'dd if=/dev/zero of=/ok bs=1M count=20 2>/dev/null; echo status=$? > /ok.status' USR1; "
+                                 + "echo > /ready; while :; do sleep 0.1; done", marker]).stdout
             .trimmingCharacters(in: .whitespacesAndNewlines)
+        // Its upper layer, on its own disk (mounted at containers/ID/disk).
+        let upper = f.run.tmp.sub("state/containers/\(neighbour)/disk/upper")
+        for _ in 0..<300 where !FileManager.default.fileExists(atPath: upper + "/ready") { usleep(100_000) }
         let full = try f.k(["run", "--rm", "--disk-size", "64M", "sample", "/bin/sh", "-c",
                             "dd if=/dev/zero of=/big bs=1M count=200 2>&1; echo status=$?"], check: false)
         #expect(full.stdout.contains("No space left on device") && !full.stdout.contains("status=0"), "\(full.output)")
-        // Its upper layer, on its own disk (mounted at containers/ID/disk).
-        let flag = f.run.tmp.sub("state/containers/\(neighbour)/disk/upper/ok.status")
-        for _ in 0..<100 where !FileManager.default.fileExists(atPath: flag) { usleep(100_000) }
-        #expect(((try? String(contentsOfFile: flag, encoding: .utf8)) ?? "").contains("status=0"), "the neighbour could not write: \(flag)")
+        let pid = try KangarooTestSupport.run("/usr/bin/pgrep", ["-f", "^/bin/sh -c .* \(marker)$"], check: false).stdout
+            .split(separator: "\n").first.flatMap { pid_t($0) }
+        #expect(pid.map { kill($0, SIGUSR1) == 0 } == true, "the neighbour's shell (\(marker)): \(pid.map(String.init) ?? "not found")")
+        let flag = upper + "/ok.status"
+        for _ in 0..<600 where !((try? String(contentsOfFile: flag, encoding: .utf8)) ?? "").contains("status=") { usleep(100_000) }
+        #expect(((try? String(contentsOfFile: flag, encoding: .utf8)) ?? "").contains("status=0"),
+                "the neighbour could not write: \(flag): \((try? String(contentsOfFile: flag, encoding: .utf8)) ?? "missing")")
         var st = stat()
         #expect(stat(f.nodeFile, &st) == 0 && st.st_size == 1 << 30, "the node file keeps its size")
         try f.k(["rm", "-f", "neighbour"])
