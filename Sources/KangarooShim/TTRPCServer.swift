@@ -126,7 +126,7 @@ public final class TTRPCServer: Sendable {
                 child.eventLoop.makeCompletedFuture {
                     try child.pipeline.syncOperations.addHandler(ByteToMessageHandler(TTRPCFrameDecoder()))
                     try child.pipeline.syncOperations.addHandler(MessageToByteHandler(TTRPCFrameEncoder()))
-                    try child.pipeline.syncOperations.addHandler(TTRPCServerHandler(dispatcher: dispatcher, journal: nil))
+                    try child.pipeline.syncOperations.addHandler(TTRPCServerHandler(dispatcher: dispatcher))
                 }
             }
             .bind(unixDomainSocketPath: path).get()
@@ -145,8 +145,14 @@ public final class TTRPCServer: Sendable {
             if !kept.contains(String(name.prefix { $0 != "." })) { unlink(supervision.journal + "/" + name) }
         }
         for c in connections {
-            let channel = try await adopt(c.fd, id: c.id, supervision: supervision, group: group)
-            replay(on: channel, id: c.id, journal: supervision.journal)
+            // Requests the previous server journaled: answered here, and not
+            // again when read (one it journaled but did not consume is
+            // still in the socket).
+            let replayed = journaled(c.id, journal: supervision.journal)
+            let connection = JournaledConnection(fd: c.fd, id: c.id, dispatcher: dispatcher, supervision: supervision,
+                                                 replayedUpTo: replayed.map(\.stream).max() ?? 0)
+            connection.start()
+            replay(replayed, on: connection)
         }
         listening.withLock { $0 = listener }
         Thread.detachNewThread { [self] in
@@ -164,54 +170,29 @@ public final class TTRPCServer: Sendable {
                 n += 1
                 let id = "\(supervision.generation)-\(n)"
                 supervision.accepted(fd, id)
-                // Registered on an event loop, not through the cooperative
-                // pool (busy actors must not hold new connections back).
-                adoptFuture(fd, id: id, supervision: supervision, group: group).whenFailure { [logger] error in
-                    logger.error("ttrpc: cannot serve a connection", metadata: ["error": "\(error)"])
-                    Glibc.close(fd)
-                    // The supervisor's copy must not keep containerd waiting.
-                    supervision.closed(id)
-                }
+                JournaledConnection(fd: fd, id: id, dispatcher: dispatcher, supervision: supervision, replayedUpTo: 0).start()
             }
         }
     }
 
-    /// Serves the connected socket `fd` (NIO takes it).
-    func adopt(_ fd: Int32, id: String, supervision: Supervision, group: any EventLoopGroup) async throws -> any Channel {
-        try await adoptFuture(fd, id: id, supervision: supervision, group: group).get()
-    }
-
-    func adoptFuture(_ fd: Int32, id: String, supervision: Supervision, group: any EventLoopGroup) -> EventLoopFuture<any Channel> {
-        let dispatcher = self.dispatcher
-        let journal = TTRPCJournal(directory: supervision.journal, connection: id, closed: supervision.closed)
-        return ClientBootstrap(group: group)
-            .channelInitializer { child in
-                child.eventLoop.makeCompletedFuture {
-                    try child.pipeline.syncOperations.addHandler(ByteToMessageHandler(TTRPCFrameDecoder()))
-                    try child.pipeline.syncOperations.addHandler(MessageToByteHandler(TTRPCFrameEncoder()))
-                    try child.pipeline.syncOperations.addHandler(TTRPCServerHandler(dispatcher: dispatcher, journal: journal))
-                }
-            }
-            .withConnectedSocket(fd)
-    }
-
-    /// Answers the requests of connection `id` a previous server had read.
-    func replay(on channel: any Channel, id: String, journal directory: String) {
+    /// The requests of connection `id` a previous server had read and not
+    /// answered (its journal files), by stream.
+    func journaled(_ id: String, journal directory: String) -> [(stream: UInt32, path: String, data: [UInt8])] {
         let prefix = id + "."
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where name.hasPrefix(prefix) {
-            guard let stream = UInt32(name.dropFirst(prefix.count)),
-                  let data = FileManager.default.contents(atPath: directory + "/" + name) else { continue }
-            logger.info("ttrpc: answering a request the previous daemon had read", metadata: ["connection": "\(id)", "stream": "\(stream)"])
-            let dispatcher = self.dispatcher
-            let path = directory + "/" + name
-            Task(executorPreference: TTRPCServerHandler.executor) {
-                let written = TTRPCResponseWritten()
-                defer { written.fire() }
-                let response = await dispatcher.respond(to: [UInt8](data), replayed: true, written: written)
-                let bytes: [UInt8] = (try? response.serializedBytes()) ?? []
-                try? await channel.writeAndFlush(TTRPCFrame(streamID: stream, kind: .response, data: bytes))
-                unlink(path)
-            }
+        return ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).compactMap { name in
+            guard name.hasPrefix(prefix), let stream = UInt32(name.dropFirst(prefix.count)),
+                  let data = FileManager.default.contents(atPath: directory + "/" + name) else { return nil }
+            return (stream, directory + "/" + name, [UInt8](data))
+        }.sorted { $0.stream < $1.stream }
+    }
+
+    /// Answers the requests a previous server had read on `connection`.
+    func replay(_ requests: [(stream: UInt32, path: String, data: [UInt8])], on connection: JournaledConnection) {
+        for r in requests {
+            let method = (try? Ttrpc_Request(serializedBytes: r.data)).map { $0.service + "/" + $0.method } ?? "?"
+            logger.info("ttrpc: answering a request the previous daemon had read",
+                        metadata: ["connection": "\(connection.id)", "stream": "\(r.stream)", "method": "\(method)"])
+            connection.dispatch(r.stream, r.data, replayed: true)
         }
     }
 
@@ -262,18 +243,98 @@ final class TTRPCJournal: Sendable {
     }
 }
 
+/// A connection of a supervised server, crash-safe: each request frame is
+/// peeked, written to the journal, and only then consumed from the socket,
+/// so that a daemon killed at any instant leaves every request either in
+/// the socket or in the journal (an event loop reads first and would lose
+/// what it read and had not yet journaled: containerd then waits forever
+/// for that answer). One thread reads; answers are written whole, one at a
+/// time, under a lock that also guards the descriptor's closing.
+final class JournaledConnection: Sendable {
+    let fd: Int32
+    let id: String
+    let dispatcher: TTRPCDispatcher
+    let journal: TTRPCJournal
+    /// Streams at or below this were journaled by the previous server.
+    let replayedUpTo: UInt32
+    private let open = Mutex(true)
+
+    init(fd: Int32, id: String, dispatcher: TTRPCDispatcher, supervision: TTRPCServer.Supervision, replayedUpTo: UInt32) {
+        self.fd = fd
+        self.id = id
+        self.dispatcher = dispatcher
+        self.journal = TTRPCJournal(directory: supervision.journal, connection: id, closed: supervision.closed)
+        self.replayedUpTo = replayedUpTo
+        UnixSocket.setBlocking(fd)
+    }
+
+    func start() { Thread.detachNewThread { [self] in read() } }
+
+    private func read() {
+        var header = [UInt8](repeating: 0, count: TTRPCFrame.headerLength)
+        var frame = [UInt8](repeating: 0, count: 4096)
+        do {
+            while true {
+                guard try header.withUnsafeMutableBytes({ b in try UnixSocket.peek(fd, into: b, count: b.count) }) else { break }
+                let length = Int(header[0..<4].reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
+                let stream = header[4..<8].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+                guard length <= TTRPCFrame.maxDataLength else {
+                    dispatcher.logger.warning("ttrpc: frame of \(length) bytes exceeds the protocol's 4 MiB limit; closing the connection",
+                                              metadata: ["connection": "\(id)"])
+                    break
+                }
+                let total = TTRPCFrame.headerLength + length
+                if frame.count < total { frame = [UInt8](repeating: 0, count: total) }
+                guard try frame.withUnsafeMutableBytes({ b in try UnixSocket.peek(fd, into: b, count: total) }) else { break }
+                let data = Array(frame[TTRPCFrame.headerLength..<total])
+                // Streams are not used by containerd's shim or event APIs.
+                let request = header[8] == TTRPCFrame.Kind.request.rawValue && stream > replayedUpTo
+                if request { journal.record(stream, data) }
+                try UnixSocket.discard(fd, count: total)
+                if request { dispatch(stream, data, replayed: false) }
+            }
+        } catch {
+            dispatcher.logger.debug("ttrpc connection closed", metadata: ["connection": "\(id)", "error": "\(error)"])
+        }
+        open.withLock { o in
+            o = false
+            Glibc.close(fd)
+        }
+        journal.connectionClosed()
+    }
+
+    /// Answers request `data` of `stream` (its journal file goes once the
+    /// answer is written).
+    func dispatch(_ stream: UInt32, _ data: [UInt8], replayed: Bool) {
+        Task(executorPreference: TTRPCServerHandler.executor) { [self] in
+            let written = TTRPCResponseWritten()
+            defer { written.fire() }
+            let response = await dispatcher.respond(to: data, replayed: replayed, written: written)
+            var buffer = ByteBufferAllocator().buffer(capacity: 64)
+            TTRPCFrame(streamID: stream, kind: .response, data: (try? response.serializedBytes()) ?? []).write(to: &buffer)
+            let bytes = buffer.readBytes(length: buffer.readableBytes) ?? []
+            let sent: Bool = open.withLock { o in
+                guard o else { return false }
+                do { try UnixSocket.sendAll(fd, bytes); return true } catch { return false }
+            }
+            if !sent { dispatcher.logger.debug("ttrpc: an answer found its connection closed", metadata: ["connection": "\(id)", "stream": "\(stream)"]) }
+            journal.remove(stream)
+        }
+    }
+}
+
+/// A connection of an unsupervised server (an event loop's): a crash
+/// closes it anyway, so nothing is journaled.
 final class TTRPCServerHandler: ChannelInboundHandler, Sendable {
     typealias InboundIn = TTRPCFrame
     typealias OutboundOut = TTRPCFrame
 
     let dispatcher: TTRPCDispatcher
-    let journal: TTRPCJournal?
 
     static let executor = DispatchTaskExecutor(label: "kangaroo.ttrpc")
 
-    init(dispatcher: TTRPCDispatcher, journal: TTRPCJournal?) {
+    init(dispatcher: TTRPCDispatcher) {
         self.dispatcher = dispatcher
-        self.journal = journal
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -281,21 +342,14 @@ final class TTRPCServerHandler: ChannelInboundHandler, Sendable {
         // Streams are not used by containerd's shim or event APIs.
         guard frame.kind == TTRPCFrame.Kind.request.rawValue else { return }
         let channel = context.channel
-        let dispatcher = self.dispatcher, journal = self.journal
-        journal?.record(frame.streamID, frame.data)
+        let dispatcher = self.dispatcher
         Task(executorPreference: Self.executor) {
             let written = TTRPCResponseWritten()
             defer { written.fire() }
             let response = await dispatcher.respond(to: frame.data, written: written)
             let bytes: [UInt8] = (try? response.serializedBytes()) ?? []
             try? await channel.writeAndFlush(TTRPCFrame(streamID: frame.streamID, kind: .response, data: bytes))
-            journal?.remove(frame.streamID)
         }
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        journal?.connectionClosed()
-        context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

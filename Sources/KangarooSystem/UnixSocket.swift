@@ -66,6 +66,60 @@ public enum UnixSocket {
         return fd
     }
 
+    /// Waits until `count` bytes can be read from the blocking stream
+    /// `socket` and copies them into `buffer` without consuming them
+    /// (MSG_PEEK). False at end of stream (or when the peer is gone with
+    /// fewer bytes sent). A peek never waits for more than the first byte,
+    /// so the rest of a frame that comes in pieces is waited for in short
+    /// sleeps (a request a writer sends in one piece needs none).
+    public static func peek(_ socket: Int32, into buffer: UnsafeMutableRawBufferPointer, count: Int) throws(Errno) -> Bool {
+        precondition(count <= buffer.count)
+        while true {
+            let n = try FileSystem.retrying { recv(socket, buffer.baseAddress, count, Int32(MSG_PEEK)) }
+            if n == 0 { return false }
+            if n >= count { return true }
+            var p = pollfd(fd: socket, events: Int16(POLLIN) | 0x2000 /* POLLRDHUP */, revents: 0)
+            _ = poll(&p, 1, 0)
+            if p.revents & (0x2000 | Int16(POLLHUP) | Int16(POLLERR)) != 0 {
+                // The peer is gone: what it sent is all there will be.
+                let again = try FileSystem.retrying { recv(socket, buffer.baseAddress, count, Int32(MSG_PEEK)) }
+                if again < count { return false }
+                return true
+            }
+            usleep(200)
+        }
+    }
+
+    /// Consumes `count` bytes from `socket` (already peeked: they are there).
+    public static func discard(_ socket: Int32, count: Int) throws(Errno) {
+        var left = count
+        var scratch = [UInt8](repeating: 0, count: min(count, 64 * 1024))
+        while left > 0 {
+            let want = min(left, scratch.count)
+            let n = try scratch.withUnsafeMutableBytes { b in FileSystem.retryingResult { recv(socket, b.baseAddress, want, Int32(MSG_WAITALL)) } }.get()
+            if n == 0 { throw Errno.connectionReset }
+            left -= n
+        }
+    }
+
+    /// Writes all of `bytes` to the blocking stream `socket` (no SIGPIPE).
+    public static func sendAll(_ socket: Int32, _ bytes: [UInt8]) throws(Errno) {
+        var offset = 0
+        while offset < bytes.count {
+            let n = try bytes.withUnsafeBytes { b in
+                FileSystem.retryingResult { Glibc.send(socket, b.baseAddress! + offset, b.count - offset, Int32(MSG_NOSIGNAL)) }
+            }.get()
+            offset += n
+        }
+    }
+
+    /// Makes `fd` blocking (a descriptor handed over from an event loop's
+    /// owner shares its file status flags).
+    public static func setBlocking(_ fd: Int32) {
+        let flags = fcntl(fd, F_GETFL)
+        if flags >= 0 && flags & O_NONBLOCK != 0 { _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) }
+    }
+
     private static func withAddress<T>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) throws(Errno) -> T) throws(Errno) -> T {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)

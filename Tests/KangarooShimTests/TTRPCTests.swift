@@ -3,8 +3,10 @@ import Foundation
 import Logging
 import NIOCore
 import SwiftProtobuf
+import Synchronization
 import Testing
 @testable import KangarooShim
+import KangarooSystem
 
 @Suite struct TTRPCFrameTests {
     @Test func headerIsTenBigEndianBytes() throws {
@@ -63,7 +65,7 @@ struct EchoService: TTRPCService {
 
 @Suite struct TTRPCServerTests {
     func withServer(_ body: (TTRPCClient, String) async throws -> Void) async throws {
-        let path = "/tmp/kangaroo-ttrpc-\(UUID().uuidString.prefix(8)).sock"
+        let path = "/tmp/kangaroo-test-ttrpc-\(UUID().uuidString.prefix(8)).sock"
         let server = TTRPCServer(path: path, services: [EchoService()], logger: Logger(label: "test"))
         try await server.start()
         let client = try await TTRPCClient.connect(path: path)
@@ -133,5 +135,76 @@ struct EchoService: TTRPCService {
             // The connection still serves later calls.
             #expect(try await client.call(service: "kangaroo.test.Echo", method: "Echo", payload: [1]) == [1])
         }
+    }
+}
+
+/// Counts the requests it answers (Echo).
+final class CountingService: TTRPCService, Sendable {
+    var serviceName: String { "kangaroo.test.Echo" }
+    let calls = Mutex(0)
+    func handle(method: String, payload: [UInt8], context: TTRPCRequestContext) async throws -> [UInt8] {
+        calls.withLock { $0 += 1 }
+        return payload
+    }
+}
+
+@Suite struct TTRPCSupervisedServerTests {
+    func request(_ stream: UInt32, _ text: String) throws -> (frame: [UInt8], data: [UInt8]) {
+        var r = Ttrpc_Request()
+        r.service = "kangaroo.test.Echo"
+        r.method = "Echo"
+        r.payload = Data(text.utf8)
+        let data: [UInt8] = try r.serializedBytes()
+        var buffer = ByteBufferAllocator().buffer(capacity: 64)
+        TTRPCFrame(streamID: stream, kind: .request, data: data).write(to: &buffer)
+        return (Array(buffer.readableBytesView), data)
+    }
+
+    /// A daemon killed after journaling a request and before consuming it
+    /// from the socket: the next one answers it once (from the journal),
+    /// skips its copy in the socket, and serves what follows.
+    @Test func aJournaledRequestStillInTheSocketIsAnsweredOnce() async throws {
+        let dir = "/tmp/kangaroo-test-ttrpc-journal-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var pair: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0)
+        let (client, served) = (pair[0], pair[1])
+        defer { close(client) }
+        let journaled = try request(5, "journaled"), fresh = try request(7, "fresh")
+        try Data(journaled.data).write(to: URL(fileURLWithPath: dir + "/1-1.5"))
+        _ = (journaled.frame + fresh.frame).withUnsafeBytes { write(client, $0.baseAddress, $0.count) }
+        let service = CountingService()
+        let server = TTRPCServer(path: dir + "/unused.sock", services: [service], logger: Logger(label: "test"))
+        let listener = try UnixSocket.listen(dir + "/listen.sock")
+        defer { close(listener) }
+        let closed = Mutex<[String]>([])
+        try await server.serve(listening: listener, connections: [("1-1", served)], supervision: .init(
+            accepted: { _, _ in }, closed: { id in closed.withLock { $0.append(id) } }, journal: dir, generation: 2))
+        // Answers until none comes for half a second.
+        var buffer = ByteBufferAllocator().buffer(capacity: 256)
+        var answers: [UInt32: String] = [:]
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            var p = pollfd(fd: client, events: Int16(POLLIN), revents: 0)
+            guard poll(&p, 1, 500) > 0 else { break }
+            let n = chunk.withUnsafeMutableBytes { read(client, $0.baseAddress, $0.count) }
+            guard n > 0 else { break }
+            buffer.writeBytes(chunk[0..<n])
+            while let frame = try TTRPCFrame.read(from: &buffer) {
+                let response = try Ttrpc_Response(serializedBytes: frame.data)
+                #expect(answers[frame.streamID] == nil, "stream \(frame.streamID) answered twice")
+                answers[frame.streamID] = String(decoding: response.payload, as: UTF8.self)
+            }
+        }
+        #expect(answers == [5: "journaled", 7: "fresh"])
+        #expect(service.calls.withLock { $0 } == 2)
+        let left = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix("1-1.") }
+        #expect(left.isEmpty, "journal files left: \(left)")
+        // The peer goes: the connection is closed here and reported.
+        shutdown(client, Int32(SHUT_RDWR))
+        for _ in 0..<50 where closed.withLock({ $0 }).isEmpty { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(closed.withLock { $0 } == ["1-1"])
+        await server.close()
     }
 }
