@@ -76,10 +76,15 @@ public final class SandboxDisks: Sendable {
         return UInt64(t)
     }
 
-    /// The sandbox's disk, mounted (taken from the pool at its first call).
+    /// The sandbox's disk, mounted (taken from the pool by the sandbox's
+    /// own task; a container of a sandbox whose task is gone gets none, or
+    /// the disk it took would outlive the sandbox's Delete).
     func mountSandbox(namespace: String, role: Role) throws(ShimError) -> String {
         let mnt = mountPoint(namespace: namespace, sandbox: role.sandbox)
         if Mounts.isMountPoint(mnt) { return mnt }
+        guard role.isSandbox else {
+            throw ShimError(.failedPrecondition, "sandbox \(role.sandbox) has no disk mounted: its sandbox task is gone")
+        }
         let disk: Disk
         do { disk = try diskPool().acquire(owner: owner(namespace: namespace, sandbox: role.sandbox), size: role.size) } catch {
             throw ShimError(.failedPrecondition, "sandbox \(role.sandbox): no disk: \(error)")

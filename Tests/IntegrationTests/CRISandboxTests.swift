@@ -59,12 +59,13 @@ final class CRISandboxTests {
 
     deinit {
         _ = try? run("python3", [script, containerd.socket, "--remove-all"])
+        // Whatever a failed removal left running under a range (this node's
+        // daemon's descendants: other suites' nodes use the same ranges).
+        let left = processesUnderIDRanges(descendingFrom: nodeProcessTree(node))
         tearDownNode(node, containerd: containerd)
+        for pid in left { kill(pid, SIGKILL) }
         _ = try? run(TestEnv.kangaroo, ["network", "remove", conflist])
         _ = try? run(TestEnv.kangaroo, ["disk", "remove"], env: TestContainerd.nodeEnvironment(node).merging(environment) { $1 })
-        // Whatever a failed removal left running under a range (ids from
-        // 2^30 up are the nodes' ranges; no other test uses them).
-        for pid in processesUnderIDRanges() { kill(pid, SIGKILL) }
     }
 
     var nodeLog: String { String(((try? String(contentsOfFile: node.sub("node.log"), encoding: .utf8)) ?? "").suffix(3000)) }
@@ -192,7 +193,7 @@ final class CRISandboxTests {
         v["mounts"] = mountinfo().filter { ($0.contains(" " + node.path + "/") || $0.contains(" " + containerd.dir.path + "/")) && !$0.contains(" - fuse.kangaroo ") }.count
         let ranges = json((try? String(contentsOfFile: node.sub("state/idranges/idranges.json"), encoding: .utf8)) ?? "{}")
         v["id ranges"] = (ranges["ranges"] as? [String: Any])?.count ?? 0
-        v["processes under a range"] = processesUnderIDRanges().count
+        v["processes under a range"] = processesUnderIDRanges(descendingFrom: nodeProcessTree(node)).count
         let cg = try run("/bin/sh", ["-c", "find /sys/fs/cgroup -mindepth 2 -path '*/\(cgroupParent)/*' -type d 2>/dev/null | wc -l"]).stdout
         v["pod cgroups"] = Int(cg.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
         return Counts(values: v)

@@ -20,10 +20,12 @@ extension DiskTests {
         let containerd = try TestContainerd(extraConfig: cri, cri: true, environment: env)
         defer {
             _ = try? run("python3", [TestEnv.repoRoot + "/scripts/cri-pod.py", containerd.socket, "--remove-all"])
+            // Whatever a failed removal left running under a range (this
+            // node's daemon's descendants: other suites' nodes use the same
+            // ranges).
+            let left = processesUnderIDRanges(descendingFrom: nodeProcessTree(node))
             tearDownNode(node, containerd: containerd)
-            // Whatever a failed removal left running under a range (ids from
-            // 2^30 up are this node's ranges; no other test uses them).
-            for pid in processesUnderIDRanges() { kill(pid, SIGKILL) }
+            for pid in left { kill(pid, SIGKILL) }
             _ = try? run(TestEnv.kangaroo, ["disk", "remove"], env: env)
         }
         for (layout, base) in [("pause", "kangaroo.test/pause"), ("sample", "kangaroo.test/sample")] {

@@ -264,10 +264,29 @@ public func criUserNamespaceHandler(configPath: String) -> String {
 
 /// Processes running under a node's id ranges (host uids from 2^30 up,
 /// `IDRangePool`; nothing else on a test machine uses them).
-public func processesUnderIDRanges() -> [Int32] {
-    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap { Int32($0) } ?? []).filter { pid in
-        let status = procText("/proc/\(pid)/status") ?? ""
-        let uid = status.split(separator: "\n").first { $0.hasPrefix("Uid:") }?.split(separator: "\t").dropFirst().first
-        return uid.flatMap { Int($0) }.map { $0 >= 1 << 30 } ?? false
+/// The node daemons and supervisors serving `node`'s shim socket.
+public func nodeProcessTree(_ node: TempDir) -> [Int32] {
+    nodeDaemons(socket: node.sub("shim.sock")) + nodeSupervisors(socket: node.sub("shim.sock"))
+}
+
+public func processesUnderIDRanges(descendingFrom ancestors: [Int32]? = nil) -> [Int32] {
+    var parent: [Int32: Int32] = [:], ranged: [Int32] = []
+    for pid in (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap({ Int32($0) }) ?? [] {
+        let lines = (procText("/proc/\(pid)/status") ?? "").split(separator: "\n")
+        func field(_ name: String) -> Int? { lines.first { $0.hasPrefix(name) }?.split(separator: "\t").dropFirst().first.flatMap { Int($0) } }
+        if let ppid = field("PPid:") { parent[pid] = Int32(ppid) }
+        if let uid = field("Uid:"), uid >= 1 << 30 { ranged.append(pid) }
+    }
+    guard let ancestors else { return ranged }
+    // Other suites' nodes hand out the same ranges: only this node's
+    // daemon's (or supervisor's) descendants count.
+    return ranged.filter { pid in
+        var p = parent[pid]
+        for _ in 0..<64 {
+            guard let q = p, q > 1 else { return false }
+            if ancestors.contains(q) { return true }
+            p = parent[q]
+        }
+        return false
     }
 }
