@@ -51,11 +51,7 @@ extension DiskTests {
                 _ = try? run("/bin/cp", [node.sub("state/node.log"), debug])
             }
         }
-        for (layout, base) in [("pause", "kangaroo.test/pause"), ("sample", "kangaroo.test/sample")] {
-            let tar = containerd.dir.sub(layout + ".tar")
-            try run("/bin/tar", ["-C", TestEnv.images + "/" + layout, "-cf", tar, "."], check: true)
-            try run("/usr/bin/ctr", containerd.ctr + ["-n", "k8s.io", "images", "import", "--base-name", base, tar], check: true)
-        }
+        try importPauseAndSample(containerd)
         func pod(_ name: String, _ extra: [String]) throws -> [String: Any] {
             let r = try run("python3", [script, containerd.socket, "kangaroo", image, name, "--keep", "--log-dir", node.sub("logs/" + name)] + extra)
             #expect(r.status == 0, "\(name): \(r.output)\n\(containerd.log.suffix(2000))")

@@ -42,11 +42,7 @@ struct CRINetworkTests {
             _ = try? run("python3", [script, containerd.socket, "--remove-all"])
             tearDownNode(node, containerd: containerd)
         }
-        for (layout, base) in [("pause", "kangaroo.test/pause"), ("sample", "kangaroo.test/sample")] {
-            let tar = containerd.dir.sub(layout + ".tar")
-            try run("/bin/tar", ["-C", TestEnv.images + "/" + layout, "-cf", tar, "."], check: true)
-            try run("/usr/bin/ctr", containerd.ctr + ["-n", "k8s.io", "images", "import", "--base-name", base, tar], check: true)
-        }
+        try importPauseAndSample(containerd)
         func pod(_ name: String, _ extra: [String], handler: String = "runc") throws -> [String: Any] {
             let r = try run("python3", [script, containerd.socket, handler, image, name, "--pod-network", "--keep",
                                         "--log-dir", node.sub("logs/" + name)] + extra)

@@ -18,13 +18,7 @@ final class CRITests {
         node = try TempDir("cri-node")
         let cri = criConfig(node: node, snapshotter: "overlayfs")
         containerd = try TestContainerd.forKangaroo(node: node, extraConfig: cri, cri: true)
-        // Named by their ref.name under a base name: kangaroo.test/pause:pause,
-        // kangaroo.test/sample:latest (no extra import-* names for CRI to trip on).
-        for (layout, base) in [("pause", "kangaroo.test/pause"), ("sample", "kangaroo.test/sample")] {
-            let tar = containerd.dir.sub(layout + ".tar")
-            try run("/bin/tar", ["-C", TestEnv.images + "/" + layout, "-cf", tar, "."], check: true)
-            try run("/usr/bin/ctr", containerd.ctr + ["-n", "k8s.io", "images", "import", "--base-name", base, tar], check: true)
-        }
+        try importPauseAndSample(containerd)
     }
 
     deinit {
@@ -110,6 +104,17 @@ final class CRITests {
     }
 }
 
+/// The pause and sample images into CRI's namespace, named by their
+/// ref.name under a base name: kangaroo.test/pause:pause,
+/// kangaroo.test/sample:latest (no extra import-* names for CRI to trip on).
+func importPauseAndSample(_ containerd: TestContainerd) throws {
+    for (layout, base) in [("pause", "kangaroo.test/pause"), ("sample", "kangaroo.test/sample")] {
+        let tar = containerd.dir.sub(layout + ".tar")
+        try run("/bin/tar", ["-C", TestEnv.images + "/" + layout, "-cf", tar, "."], check: true)
+        try run("/usr/bin/ctr", containerd.ctr + ["-n", "k8s.io", "images", "import", "--base-name", base, tar], check: true)
+    }
+}
+
 /// containerd deletes a task on its exit event and then closes the task's
 /// connection: an answer to the Kill (or Start) that caused the exit, still
 /// to be written then, fails with "ttrpc: closed" (StopPodSandbox: "failed
@@ -128,11 +133,7 @@ final class CRIAnswerOrderTests {
         node = try TempDir("cri-order-node")
         containerd = try TestContainerd.forKangaroo(node: node, extraConfig: criConfig(node: node, snapshotter: "overlayfs"), cri: true,
                                                     daemonEnvironment: ["KANGAROO_FAULT_ANSWER_DELAY": "Kill=0.4,Start=0.2"])
-        for (layout, base) in [("pause", "kangaroo.test/pause"), ("sample", "kangaroo.test/sample")] {
-            let tar = containerd.dir.sub(layout + ".tar")
-            try run("/bin/tar", ["-C", TestEnv.images + "/" + layout, "-cf", tar, "."], check: true)
-            try run("/usr/bin/ctr", containerd.ctr + ["-n", "k8s.io", "images", "import", "--base-name", base, tar], check: true)
-        }
+        try importPauseAndSample(containerd)
     }
 
     deinit {

@@ -28,11 +28,7 @@ extension DiskTests {
             for pid in left { kill(pid, SIGKILL) }
             _ = try? run(TestEnv.kangaroo, ["disk", "remove"], env: env)
         }
-        for (layout, base) in [("pause", "kangaroo.test/pause"), ("sample", "kangaroo.test/sample")] {
-            let tar = containerd.dir.sub(layout + ".tar")
-            try run("/bin/tar", ["-C", TestEnv.images + "/" + layout, "-cf", tar, "."], check: true)
-            try run("/usr/bin/ctr", containerd.ctr + ["-n", "k8s.io", "images", "import", "--base-name", base, tar], check: true)
-        }
+        try importPauseAndSample(containerd)
         func pod(_ name: String, handler: String, _ exec: [String]) throws -> [String: Any] {
             let r = try run("python3", [TestEnv.repoRoot + "/scripts/cri-pod.py", containerd.socket, handler, "kangaroo.test/sample:latest", name,
                                         "--keep", "--log-dir", node.sub("logs/" + name)] + exec.flatMap { ["--exec", $0] })
