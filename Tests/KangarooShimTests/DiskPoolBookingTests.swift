@@ -3,6 +3,7 @@ import KangarooNode
 import KangarooSystem
 import KangarooTestSupport
 import Testing
+@testable import KangarooShim
 
 /// The disk pool's group commit: acquires that arrive together on one pool
 /// object (the node daemon's) are booked in shared passes under the lock,
@@ -54,5 +55,29 @@ final class Mutexed<T>: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         return body(&value)
+    }
+}
+
+@Suite(.serialized, .enabled(if: TestEnv.enabled, "needs root and KANGAROO_INTEGRATION=1"))
+struct SandboxDiskTests {
+    /// A container's Create after its sandbox's Delete (the sandbox died
+    /// meanwhile) must not take a disk: nothing would release it.
+    @Test("a container of a sandbox without a disk mounted gets none from the pool, and a clear error")
+    func containerOfAGoneSandboxTakesNoDisk() throws {
+        let tmp = try TempDir("sandboxdisk")
+        let config = DiskConfig(nodeFile: tmp.sub("node.img"), nodeSize: 256 << 20, defaultSize: 16 << 20, poolSize: 1, stateDir: tmp.sub("state"))
+        let pool = try DiskPool(config: config)
+        defer { try? pool.remove() }
+        let disks = SandboxDisks(pool: config, stateRoot: tmp.sub("node"))
+        let bundle = tmp.sub("bundle")
+        try FileManager.default.createDirectory(atPath: bundle, withIntermediateDirectories: true)
+        try #"{"annotations":{"io.kubernetes.cri.sandbox-id":"gone-sandbox","io.kubernetes.cri.container-type":"container"}}"#
+            .write(toFile: bundle + "/config.json", atomically: true, encoding: .utf8)
+        let result = Result { () throws(ShimError) in try disks.rootfs([], namespace: "k8s.io", id: "c1", bundle: bundle) }
+        var message = "a container of a sandbox without a disk got one"
+        var code: ShimError.Code?
+        if case .failure(let e) = result { message = e.message; code = e.code }
+        #expect(code == .failedPrecondition && message.contains("gone-sandbox"), "\(message)")
+        #expect(try pool.status().disks.filter { $0.state == .attached }.isEmpty)
     }
 }
