@@ -290,7 +290,7 @@ final class JournaledConnection: Sendable {
                 // Streams are not used by containerd's shim or event APIs.
                 let request = header[8] == TTRPCFrame.Kind.request.rawValue && stream > replayedUpTo
                 if request { journal.record(stream, data) }
-                try UnixSocket.discard(fd, count: total)
+                try frame.withUnsafeMutableBytes { b in try UnixSocket.receive(fd, into: b, count: total) }
                 if request { dispatch(stream, data, replayed: false) }
             }
         } catch {

@@ -132,11 +132,6 @@ public enum FileSystem {
 
     /// Retries a call while it fails with EINTR; throws errno on -1.
     @inline(__always)
-    /// `retrying` as a Result (for closures that cannot throw typed errors).
-    public static func retryingResult<T: FixedWidthInteger>(_ body: () -> T) -> Result<T, Errno> {
-        do throws(Errno) { return .success(try retrying(body)) } catch { return .failure(error) }
-    }
-
     public static func retrying<T: FixedWidthInteger>(_ body: () -> T) throws(Errno) -> T {
         while true {
             let r = body()
@@ -144,6 +139,11 @@ public enum FileSystem {
             if errno == EINTR { continue }
             throw Errno(rawValue: errno)
         }
+    }
+
+    /// `retrying` as a Result (for closures that cannot throw typed errors).
+    public static func retryingResult<T: FixedWidthInteger>(_ body: () -> T) -> Result<T, Errno> {
+        do throws(Errno) { return .success(try retrying(body)) } catch { return .failure(error) }
     }
 }
 

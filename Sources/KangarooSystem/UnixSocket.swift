@@ -90,15 +90,15 @@ public enum UnixSocket {
         }
     }
 
-    /// Consumes `count` bytes from `socket` (already peeked: they are there).
-    public static func discard(_ socket: Int32, count: Int) throws(Errno) {
-        var left = count
-        var scratch = [UInt8](repeating: 0, count: min(count, 64 * 1024))
-        while left > 0 {
-            let want = min(left, scratch.count)
-            let n = try scratch.withUnsafeMutableBytes { b in FileSystem.retryingResult { recv(socket, b.baseAddress, want, Int32(MSG_WAITALL)) } }.get()
+    /// Reads exactly `count` bytes from `socket` into `buffer` (already
+    /// peeked: they are there).
+    public static func receive(_ socket: Int32, into buffer: UnsafeMutableRawBufferPointer, count: Int) throws(Errno) {
+        precondition(count <= buffer.count)
+        var got = 0
+        while got < count {
+            let n = try FileSystem.retrying { recv(socket, buffer.baseAddress! + got, count - got, Int32(MSG_WAITALL)) }
             if n == 0 { throw Errno.connectionReset }
-            left -= n
+            got += n
         }
     }
 
