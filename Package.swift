@@ -30,6 +30,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
         .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
         .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
@@ -56,6 +57,7 @@ let package = Package(
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -65,7 +67,11 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .target(name: "KangarooLazyFS", dependencies: ["KangarooImage", "KangarooFUSE", "KangarooSystem", "CKangaroo"]),
+        .target(name: "KangarooChunks", dependencies: [
+            "KangarooImage", "KangarooOCI",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "KangarooLazyFS", dependencies: ["KangarooChunks", "KangarooImage", "KangarooFUSE", "KangarooSystem", "CKangaroo"]),
         .target(name: "KangarooRuntime", dependencies: ["KangarooSystem", "CSeccomp"]),
         // The node's pod network: rtnetlink, the bridge and nftables table,
         // the pool of veth pairs, the CNI plugin protocol.
@@ -106,8 +112,8 @@ let package = Package(
 
         // Executables.
         .executableTarget(name: "kangaroo", dependencies: [
-            "KangarooOCI", "KangarooImage", "KangarooLazyFS", "KangarooSystem", "KangarooShim", "KangarooSnapshotter", "KangarooNetwork",
-            "KangarooNode",
+            "KangarooOCI", "KangarooImage", "KangarooChunks", "KangarooLazyFS", "KangarooSystem", "KangarooShim", "KangarooSnapshotter",
+            "KangarooNetwork", "KangarooNode",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),

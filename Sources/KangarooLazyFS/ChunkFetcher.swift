@@ -1,4 +1,5 @@
 import Foundation
+import KangarooChunks
 import KangarooImage
 import Logging
 import Synchronization
@@ -74,6 +75,7 @@ public final class ChunkFetcher: Sendable {
         var s = counters.snapshot()
         s.chunksCached = cache.cachedCount()
         s.inFlight = inFlight.withLock { $0.count }
+        s.sources = (source as? any SourceReporting)?.sourceStats()
         return s
     }
 

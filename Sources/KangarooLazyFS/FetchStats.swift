@@ -1,3 +1,4 @@
+import KangarooChunks
 import Synchronization
 
 /// A snapshot of a lazy mount's counters (`kangaroo image stats`).
@@ -25,6 +26,8 @@ public struct LazyStats: Codable, Sendable, Equatable {
     public var fetchLatencyP90Ms: Double = 0
     public var fetchLatencyP99Ms: Double = 0
     public var prefetchDone = false
+    /// Bytes per host (mirrors, the registry) when the source reports them.
+    public var sources: [SourceStats]? = nil
     public var updatedAt: Double = 0
 
     public init() {}

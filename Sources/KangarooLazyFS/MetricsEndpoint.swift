@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import KangarooChunks
 import Logging
 import Synchronization
 
@@ -114,6 +115,20 @@ public final class MetricsEndpoint: Sendable {
             out += "kangaroo_lazy_fetch_latency_milliseconds{\(labels),quantile=\"\(q)\"} \(v)\n"
         }
         metric("prefetch_done", "gauge", "1 once the background prefetch has finished.", s.prefetchDone ? "1" : "0")
+        if let sources = s.sources, !sources.isEmpty {
+            let series: [(String, String, String, (SourceStats) -> String)] = [
+                ("source_bytes_total", "counter", "Compressed bytes each host (mirror or registry) delivered.", { "\($0.bytes)" }),
+                ("source_requests_total", "counter", "Range requests sent to each host.", { "\($0.requests)" }),
+                ("source_failures_total", "counter", "Range requests each host failed.", { "\($0.failures)" }),
+                ("source_up", "gauge", "1 while the host is in use, 0 while failures keep it out.", { $0.state == "up" ? "1" : "0" }),
+            ]
+            for (name, type, help, value) in series {
+                out += "# HELP kangaroo_lazy_\(name) \(help)\n# TYPE kangaroo_lazy_\(name) \(type)\n"
+                for source in sources {
+                    out += "kangaroo_lazy_\(name){\(labels),source=\"\(escape(source.name))\",role=\"\(source.role)\"} \(value(source))\n"
+                }
+            }
+        }
         return out
     }
 

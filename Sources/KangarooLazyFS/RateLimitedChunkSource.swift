@@ -1,4 +1,5 @@
 import Foundation
+import KangarooChunks
 import KangarooImage
 import Synchronization
 
@@ -6,7 +7,7 @@ import Synchronization
 /// token bucket with a 50 ms burst), so a node pulling many images, or a
 /// prefetch of a whole image, leaves room on the link. Reads wait their
 /// turn in order of arrival; on-demand reads and prefetch share the budget.
-public final class RateLimitedChunkSource: ChunkSource {
+public final class RateLimitedChunkSource: ChunkSource, SourceReporting {
     let inner: any ChunkSource
     let bytesPerSecond: Double
     /// The monotonic instant (seconds) at which the bucket is next empty.
@@ -29,6 +30,10 @@ public final class RateLimitedChunkSource: ChunkSource {
         let wait = done - now
         if wait > 0 { usleep(useconds_t(min(wait, 3600) * 1_000_000)) }
         return try inner.read(blob: blob, range: range)
+    }
+
+    public func sourceStats() -> [SourceStats] {
+        (inner as? any SourceReporting)?.sourceStats() ?? []
     }
 
     static func now() -> Double {

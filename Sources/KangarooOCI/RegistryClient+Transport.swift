@@ -40,6 +40,7 @@ extension RegistryClient {
             var r = HTTPClientRequest(url: request.url)
             r.method = request.method
             r.headers = request.headers
+            for (name, value) in extraHeaders { r.headers.add(name: name, value: value) }
             if let authorization = cachedAuthorization(scope: request.scope) {
                 r.headers.replaceOrAdd(name: "Authorization", value: authorization)
             }

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 import Synchronization
 
 /// A client for one registry host speaking the OCI distribution-spec
@@ -38,6 +39,10 @@ public final class RegistryClient: Sendable {
     /// `http` or `https`.
     public let scheme: String
     let baseURL: String
+    /// The API root below `baseURL` (`/v2`, or a mirror's own path).
+    let apiPath: String
+    /// Headers sent with every request (a hosts.toml `[header]` table).
+    let extraHeaders: [(String, String)]
     let credentials: Credentials?
     /// Deadline of one small request (manifests, HEAD, upload control).
     let timeout: TimeAmount
@@ -58,9 +63,13 @@ public final class RegistryClient: Sendable {
     ///   - timeout: deadline for each small request and connect/read idle timeout.
     ///   - transferTimeout: deadline for each blob download or upload request.
     ///   - retries: how many times a failed request is retried.
+    ///   - apiPath: the API root (`/v2`; a mirror may have its own, hosts.toml's `override_path`).
+    ///   - headers: sent with every request.
+    ///   - tls: certificate checks for `https` (a CA file, or none at all).
     public init(host: String, plainHTTP: Bool? = nil, credentials: Credentials? = Credentials.fromEnvironment(),
                 timeout: Duration = .seconds(30), transferTimeout: Duration = .seconds(3600),
                 retries: Int = 3, backoff: Duration = .milliseconds(200),
+                apiPath: String = "/v2", headers: [(String, String)] = [], tls: TLSOptions = TLSOptions(),
                 logger: Logger = Logger(label: "kangaroo.registry")) {
         self.host = host
         let hostName = host.split(separator: ":").first.map(String.init) ?? host
@@ -68,6 +77,8 @@ public final class RegistryClient: Sendable {
         self.scheme = (plainHTTP ?? local) ? "http" : "https"
         let apiHost = host == Reference.defaultHost ? "registry-1.docker.io" : host
         self.baseURL = "\(scheme)://\(apiHost)"
+        self.apiPath = apiPath.hasSuffix("/") ? String(apiPath.dropLast()) : apiPath
+        self.extraHeaders = headers
         self.credentials = credentials
         self.timeout = Self.timeAmount(timeout)
         self.transferTimeout = Self.timeAmount(transferTimeout)
@@ -78,6 +89,15 @@ public final class RegistryClient: Sendable {
             redirectConfiguration: .follow(max: 5, allowCycles: false),
             timeout: .init(connect: self.timeout, read: self.timeout))
         config.httpVersion = .automatic
+        if tls.skipVerify || !tls.caFiles.isEmpty {
+            var tlsConfig = TLSConfiguration.makeClientConfiguration()
+            if tls.skipVerify {
+                tlsConfig.certificateVerification = .none
+            } else {
+                tlsConfig.additionalTrustRoots = tls.caFiles.map { .file($0) }
+            }
+            config.tlsConfiguration = tlsConfig
+        }
         // Connection failures come back at once and are retried by `send`
         // with its own bounded backoff (AHC would otherwise keep retrying
         // until the connect timeout, for every attempt).
@@ -99,7 +119,7 @@ public final class RegistryClient: Sendable {
     }
 
     func url(_ repository: String, _ tail: String) -> String {
-        "\(baseURL)/v2/\(repository)/\(tail)"
+        "\(baseURL)\(apiPath)/\(repository)/\(tail)"
     }
 
     /// Resolves a `Location` header (absolute or relative) against the registry.
@@ -111,6 +131,18 @@ public final class RegistryClient: Sendable {
 
     static func appendingQuery(_ url: String, _ query: String) -> String {
         url + (url.contains("?") ? "&" : "?") + query
+    }
+
+    /// Certificate checks of an `https` registry.
+    public struct TLSOptions: Sendable, Equatable {
+        /// Skip the certificate chain and host name checks (hosts.toml `skip_verify`).
+        public var skipVerify = false
+        /// PEM files of extra CAs trusted besides the system's (hosts.toml `ca`).
+        public var caFiles: [String] = []
+        public init(skipVerify: Bool = false, caFiles: [String] = []) {
+            self.skipVerify = skipVerify
+            self.caFiles = caFiles
+        }
     }
 
     static func pullScope(_ repository: String) -> String { "repository:\(repository):pull" }

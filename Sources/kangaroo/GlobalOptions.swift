@@ -24,6 +24,9 @@ struct GlobalOptions: ParsableArguments {
     @Flag(name: .long, help: "Use plain HTTP for registries other than localhost/127.0.0.1.")
     var plainHTTP = false
 
+    @Option(name: .long, help: ArgumentHelp("Registry mirrors: DIR/<registry host>/hosts.toml (containerd's format; or DIR/_default/hosts.toml), or KANGAROO_HOSTS_DIR.", valueName: "dir"))
+    var hostsDir: String = ProcessInfo.processInfo.environment["KANGAROO_HOSTS_DIR"] ?? RegistryHosts.defaultDirectory
+
     /// Progress goes to a terminal only.
     var showProgress: Bool { !quiet && isatty(STDERR_FILENO) == 1 }
 

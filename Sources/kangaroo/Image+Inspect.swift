@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KangarooChunks
 import KangarooImage
 import KangarooLazyFS
 import KangarooOCI
@@ -154,7 +155,7 @@ extension ImageCommand.Check {
         }
         let bytes = try await client.fetchBlobRange(repository: reference.repository, digest: first.digest, range: 0..<first.size)
         let image = try KangarooImage(manifest: manifest, bootstrapBytes: bytes)
-        let source = RegistryChunkSource(client: client, repository: reference.repository, image: image)
+        let source = BlobChunkSource(RegistryBlobSource(client: client, repository: reference.repository), image: image)
         // The check blocks on each range read: run it off the cooperative pool.
         return await withCheckedContinuation { continuation in
             let thread = Thread {

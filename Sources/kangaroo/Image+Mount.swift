@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KangarooChunks
 import KangarooImage
 import KangarooLazyFS
 import KangarooOCI
@@ -27,6 +28,8 @@ extension ImageCommand {
         @Flag(help: "Detach: return once the mount is ready, the daemon keeps serving it.") var daemon = false
         @Option(help: "Seconds a read may wait for its chunks before it fails with EIO.") var deadline: Double = 30
         @Option(help: "Retries of a failed range request (within the deadline).") var retries: Int = 3
+        @Option(help: "Seconds a mirror (--hosts-dir) may take to answer a range request before the next host is tried (a hosts.toml timeout overrides it).")
+        var mirrorTimeout: Double = 5
         @Option(help: "Merge chunk requests whose compressed ranges are at most this far apart (bytes; K/M allowed).")
         var mergeGap: String = "0"
         @Option(help: "FUSE worker threads.") var threads: Int = 16
@@ -53,6 +56,7 @@ extension ImageCommand {
                 }
                 guard ["fuse", "kernel", "auto"].contains(mode) else { throw CLIError("--mode '\(mode)' is not one of fuse, kernel, auto") }
                 guard deadline > 0, let gap = parseSize(mergeGap) else { throw CLIError("--deadline must be > 0 and --merge-gap a size") }
+                guard mirrorTimeout > 0, mirrorTimeout <= 3600 else { throw CLIError("--mirror-timeout \(mirrorTimeout) is not between 0 and 3600 seconds") }
                 let metricsAddress: (host: String, port: UInt16)? = try metrics.map { text in
                     let parts = text.split(separator: ":")
                     guard parts.count == 2, let port = UInt16(parts[1]) else {
@@ -78,7 +82,7 @@ extension ImageCommand {
                 if daemon { return try spawnDaemon(mountPoint: mountPoint) }
 
                 let cacheDirectory = MountControl.normalize(cache)
-                let (image, resolved, client) = try await resolve(logger: logger)
+                let (image, resolved, closeSource) = try await resolve(logger: logger)
                 let source: any ChunkSource = rate > 0 ? RateLimitedChunkSource(resolved, bytesPerSecond: UInt64(rate)) : resolved
                 var takeover: LazyMount.Takeover?
                 if let fd = takeoverFd {
@@ -96,7 +100,7 @@ extension ImageCommand {
                     emit("mounted \(reference) at \(mountPoint) (kernel erofs) in \(milliseconds(since: started)) ms")
                     try MountControl.writeState(.init(pid: 0, mountPoint: mountPoint, cacheDirectory: cacheDirectory,
                                                       mode: "kernel", image: reference))
-                    await client?.shutdown()
+                    await closeSource?()
                     return
                 }
 
@@ -139,28 +143,28 @@ extension ImageCommand {
                 }
                 _ = signals
                 if MountControl.readState(mountPoint)?.pid == getpid() { MountControl.removeState(mountPoint) }
-                await client?.shutdown()
+                await closeSource?()
             } catch {
                 fail(error)
             }
         }
 
-        /// The image and where its chunks come from.
-        func resolve(logger: Logger) async throws -> (KangarooImage, any ChunkSource, RegistryClient?) {
+        /// The image, where its chunks come from, and what closes that source.
+        func resolve(logger: Logger) async throws -> (KangarooImage, any ChunkSource, (@Sendable () async -> Void)?) {
             switch try ImageLocation.parse(reference) {
             case .registry(let ref):
                 let store = try options.openStore()
-                let client = try options.registryClient(for: ref, logger: logger)
-                do {
-                    let descriptor = try await pullBootstrap(ref, client: client, into: store, logger: logger)
-                    let image = try KangarooImage.load(from: store, descriptor: descriptor)
-                    let source = RegistryChunkSource(client: client, repository: ref.repository, image: image,
-                                                     timeout: .milliseconds(Int64(deadline * 1000)))
-                    return (image, source, client)
-                } catch {
-                    await client.shutdown()
-                    throw error
+                let descriptor = try await options.withPullHosts(ref, logger: logger) { client in
+                    try await pullBootstrap(ref, client: client, into: store, logger: logger)
                 }
+                let image = try KangarooImage.load(from: store, descriptor: descriptor)
+                // Chunks by blob digest from the registry's mirrors, then the registry.
+                let creds = try options.credentials().map { RegistryClient.Credentials(username: $0.username, password: $0.password) }
+                let blobs = try MirroredBlobSource.registry(
+                    try options.registryHosts(for: ref, logger: logger), repository: ref.repository, credentials: creds,
+                    timeout: .milliseconds(Int64(deadline * 1000)), mirrorTimeout: .milliseconds(Int64(mirrorTimeout * 1000)),
+                    retries: options.registryRetries, logger: logger)
+                return (image, BlobChunkSource(blobs, image: image), { await blobs.shutdown() })
             case .store(let name):
                 let store = try options.openStore()
                 let image = try KangarooImage.load(from: store, tag: storeTag(name))
@@ -280,6 +284,9 @@ extension ImageCommand {
             row("latency", String(format: "p50 %.1f ms, p90 %.1f ms, p99 %.1f ms", s.fetchLatencyP50Ms, s.fetchLatencyP90Ms, s.fetchLatencyP99Ms))
             row("in flight", "\(s.inFlight) chunks")
             row("errors", "\(s.errors) (\(s.verificationFailures) verification, \(s.timeouts) timeouts)")
+            for source in s.sources ?? [] {
+                row(source.role, "\(source.name): \(formatBytes(Int64(source.bytes))) in \(source.requests) requests, \(source.failures) failed, \(source.state)")
+            }
             row("prefetch", s.prefetchDone ? "done" : "running")
             row("updated", String(format: "%.1f s ago", Date().timeIntervalSince1970 - s.updatedAt))
         }

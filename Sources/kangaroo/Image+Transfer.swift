@@ -54,7 +54,7 @@ extension ImageCommand {
                 let store = try options.openStore()
                 let tag = name.map(storeTag) ?? reference.description
                 let platform = try Platform(parsing: platform)
-                let (_, descriptor) = try await options.withRegistry(reference, logger: logger) { client in
+                let (_, descriptor) = try await options.withPullHosts(reference, logger: logger) { client in
                     try await ImageTransfer(client: client, logger: logger).pull(reference, into: store, tag: tag,
                                                                                  platform: platform) { done, total in
                         progress.update("pulling \(reference)", done: done, total: total)

@@ -20,13 +20,52 @@ func storeTag(_ name: String) -> String {
 extension GlobalOptions {
     /// `credentials` when given, else the user's (`credentials()`).
     func registryClient(for reference: Reference, logger: Logger, credentials known: RegistryCredentials? = nil) throws -> RegistryClient {
-        let env = ProcessInfo.processInfo.environment
-        let retries = env["KANGAROO_REGISTRY_RETRIES"].flatMap(Int.init) ?? 3
-        let timeout = env["KANGAROO_REGISTRY_TIMEOUT"].flatMap(Int.init) ?? 30
         let creds = try (known ?? credentials()).map { RegistryClient.Credentials(username: $0.username, password: $0.password) }
         return RegistryClient(host: reference.host, plainHTTP: plainHTTP ? true : nil, credentials: creds,
-                              timeout: .seconds(timeout), retries: retries, logger: logger)
+                              timeout: registryTimeout, retries: registryRetries, logger: logger)
     }
+
+    /// The hosts `reference`'s content may come from (`--hosts-dir`,
+    /// containerd's hosts.toml format); ignored keys are logged.
+    func registryHosts(for reference: Reference, logger: Logger) throws -> RegistryHosts {
+        let hosts = try RegistryHosts.load(registry: reference.host, directory: hostsDir, plainHTTP: plainHTTP)
+        for warning in hosts.warnings { logger.warning("\(warning)") }
+        return hosts
+    }
+
+    /// Runs `body` against the hosts trusted to resolve `reference` (its
+    /// mirrors in order, then the registry), each with a client shut down
+    /// afterwards, until one succeeds. A mirror's failure is logged and the
+    /// next host tried; the registry's is thrown.
+    func withPullHosts<T>(_ reference: Reference, logger: Logger, credentials: RegistryCredentials? = nil,
+                          _ body: (RegistryClient) async throws -> T) async throws -> T {
+        let hosts = try registryHosts(for: reference, logger: logger).hosts(for: .resolve)
+        guard !hosts.isEmpty else {
+            throw CLIError("the registry hosts of \(reference.host) (\(hostsDir)) name no host that may resolve \(reference)")
+        }
+        let creds = try (credentials ?? self.credentials()).map { RegistryClient.Credentials(username: $0.username, password: $0.password) }
+        var failures: [String] = []
+        for (index, host) in hosts.enumerated() {
+            let client = host.client(credentials: creds, timeout: registryTimeout, retries: registryRetries, logger: logger)
+            do {
+                let result = try await body(client)
+                await client.shutdown()
+                return result
+            } catch {
+                await client.shutdown()
+                guard host.isMirror, index < hosts.count - 1 else {
+                    if failures.isEmpty { throw error }
+                    throw CLIError("\(error) (after mirrors failed: \(failures.joined(separator: "; ")))")
+                }
+                logger.warning("mirror \(host.url) failed for \(reference), trying the next host: \(error)")
+                failures.append("\(host.url): \(error)")
+            }
+        }
+        throw CLIError("every host of \(reference.host) failed: \(failures.joined(separator: "; "))")
+    }
+
+    var registryRetries: Int { ProcessInfo.processInfo.environment["KANGAROO_REGISTRY_RETRIES"].flatMap(Int.init) ?? 3 }
+    var registryTimeout: Duration { .seconds(ProcessInfo.processInfo.environment["KANGAROO_REGISTRY_TIMEOUT"].flatMap(Int.init) ?? 30) }
 
     /// Runs `body` with a registry client that is shut down afterwards.
     func withRegistry<T>(_ reference: Reference, logger: Logger, credentials: RegistryCredentials? = nil,
@@ -53,7 +92,7 @@ extension GlobalOptions {
         case .registry(let reference):
             let store = try openStore()
             let tag = reference.description
-            try await withRegistry(reference, logger: logger) { client in
+            try await withPullHosts(reference, logger: logger) { client in
                 try await ImageTransfer(client: client, logger: logger).pull(reference, into: store, tag: tag) { done, total in
                     progress.update("pulling \(reference)", done: done, total: total)
                 }
@@ -72,7 +111,7 @@ extension GlobalOptions {
     func openLazyImage(_ reference: Reference, credentials: RegistryCredentials?,
                        logger: Logger) async throws -> (KangarooImage, OCILayout, Reference) {
         let store = try openStore()
-        let descriptor = try await withRegistry(reference, logger: logger, credentials: credentials) { client in
+        let descriptor = try await withPullHosts(reference, logger: logger, credentials: credentials) { client in
             try await pullBootstrap(reference, client: client, into: store, logger: logger)
         }
         let pinned = try Reference(host: reference.host, repository: reference.repository, tag: reference.tag,

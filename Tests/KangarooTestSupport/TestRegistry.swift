@@ -11,7 +11,8 @@ public final class TestRegistry: @unchecked Sendable {
     public var host: String { "127.0.0.1:\(port)" }
 
     /// With `accessLog`, every request is logged to `log` (`requests(matching:)`).
-    public init(user: String? = nil, password: String? = nil, accessLog: Bool = false) throws {
+    /// With `proxyOf` (a registry URL), a pull-through cache of that registry.
+    public init(user: String? = nil, password: String? = nil, accessLog: Bool = false, proxyOf: String? = nil) throws {
         dir = try TempDir("registry")
         port = try Self.freePort()
         var auth = ""
@@ -20,6 +21,7 @@ public final class TestRegistry: @unchecked Sendable {
             try r.stdout.write(toFile: dir.sub("htpasswd"), atomically: true, encoding: .utf8)
             auth = "auth:\n  htpasswd:\n    realm: kangaroo-test\n    path: \(dir.sub("htpasswd"))\n"
         }
+        if let proxyOf { auth += "proxy:\n  remoteurl: \(proxyOf)\n" }
         let config = dockerRegistryConfig(port: port, storage: dir.sub("data"), auth: auth, accessLog: accessLog)
         try config.write(toFile: dir.sub("config.yml"), atomically: true, encoding: .utf8)
         process.executableURL = URL(fileURLWithPath: "/usr/bin/docker-registry")

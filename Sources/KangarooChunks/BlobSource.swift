@@ -1,0 +1,56 @@
+import KangarooImage
+import KangarooOCI
+
+/// Compressed bytes of blobs by digest: a registry, a mirror, a peer. The
+/// same source serves every image that references a blob (images share
+/// blobs; the chunk cache keeps them per blob digest). Blocking: chunk
+/// fetches run on threads of their own.
+public protocol BlobSource: Sendable {
+    /// Exactly `range.count` bytes at `range` of blob `digest`, or an error.
+    func read(_ digest: Digest, range: Range<UInt64>) throws(ChunksError) -> [UInt8]
+}
+
+/// What one host has delivered so far (`kangaroo image stats`, metrics).
+public struct SourceStats: Codable, Sendable, Equatable {
+    /// The host's URL.
+    public var name: String
+    /// `origin` (the registry itself) or `mirror`.
+    public var role: String
+    public var bytes: UInt64 = 0
+    public var requests: UInt64 = 0
+    public var failures: UInt64 = 0
+    /// `up`, or `down` while failures keep it out of use.
+    public var state: String = "up"
+
+    public init(name: String, role: String) {
+        self.name = name
+        self.role = role
+    }
+}
+
+/// A source that can say where its bytes came from.
+public protocol SourceReporting: Sendable {
+    func sourceStats() -> [SourceStats]
+}
+
+/// An image's `ChunkSource` (blob table index) over a `BlobSource` (digest).
+public final class BlobChunkSource: ChunkSource, SourceReporting {
+    public let source: any BlobSource
+    let digests: [Digest]
+
+    public init(_ source: any BlobSource, image: KangarooImage) {
+        self.source = source
+        self.digests = image.blobDescriptors.map(\.digest)
+    }
+
+    public func read(blob: Int, range: Range<UInt64>) throws -> [UInt8] {
+        guard digests.indices.contains(blob) else {
+            throw ChunksError(.invalidArgument, "blob index \(blob) is not in the image's blob table (\(digests.count) blobs)")
+        }
+        return try source.read(digests[blob], range: range)
+    }
+
+    public func sourceStats() -> [SourceStats] {
+        (source as? any SourceReporting)?.sourceStats() ?? []
+    }
+}

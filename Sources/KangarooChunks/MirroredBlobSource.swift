@@ -1,0 +1,161 @@
+import Foundation
+import KangarooOCI
+import Logging
+import Synchronization
+
+/// The hosts of one registry tried in order: mirrors first, as hosts.toml
+/// lists them, the registry itself last (`RegistryHosts`).
+///
+/// Health: a host that fails (connection refused, 5xx, a timeout, a short
+/// answer) is taken out of use for a backoff that starts at 1 s and doubles
+/// with each further failure up to 60 s; once it has passed, one request is
+/// let through as its probe while the others go on to the next host, and a
+/// success brings the host back (a circuit breaker: no probe traffic of its
+/// own, a dead mirror costs one request per backoff). A host that answers
+/// 404 lacks that blob: the next host is tried, the host stays in use. When
+/// every host is out of use they are tried anyway, in order, so a request
+/// fails only after each host failed it.
+public final class MirroredBlobSource: BlobSource, SourceReporting {
+    enum Health: Sendable, Equatable {
+        case up
+        /// Out of use until `until` (monotonic seconds).
+        case down(until: Double, failures: Int)
+        /// Its backoff passed; one request is finding out.
+        case probing(failures: Int)
+    }
+
+    final class Entry: Sendable {
+        let host: RegistryHost
+        let source: any BlobSource
+        let state: Mutex<(health: Health, stats: SourceStats)>
+
+        init(host: RegistryHost, source: any BlobSource) {
+            self.host = host
+            self.source = source
+            state = Mutex((.up, SourceStats(name: host.url, role: host.isMirror ? "mirror" : "origin")))
+        }
+
+        /// Whether a request may use the host now (claims the probe).
+        func admit(now: Double) -> Bool {
+            state.withLock { s in
+                switch s.health {
+                case .up: return true
+                case .probing: return false
+                case .down(let until, let failures):
+                    guard now >= until else { return false }
+                    s.health = .probing(failures: failures)
+                    return true
+                }
+            }
+        }
+    }
+
+    let entries: [Entry]
+    let clients: [RegistryClient]
+    let logger: Logger
+    static let firstBackoff = 1.0
+    static let maxBackoff = 60.0
+
+    /// Hosts in the order they are tried, each with its source.
+    public init(_ hosts: [(RegistryHost, any BlobSource)], clients: [RegistryClient] = [], logger: Logger) {
+        entries = hosts.map { Entry(host: $0.0, source: $0.1) }
+        self.clients = clients
+        self.logger = logger
+    }
+
+    /// The pull hosts of `hosts` for `repository`: mirrors answer within
+    /// their `timeout` (default `mirrorTimeout`), the registry within
+    /// `timeout`. Call `shutdown()` when done.
+    public static func registry(_ hosts: RegistryHosts, repository: String, credentials: RegistryClient.Credentials?,
+                                timeout: Duration, mirrorTimeout: Duration, retries: Int,
+                                logger: Logger) throws(ChunksError) -> MirroredBlobSource {
+        let pull = hosts.hosts(for: .pull)
+        guard !pull.isEmpty else {
+            throw ChunksError(.exhausted, "\(hosts.path ?? "the registry hosts") names no host with the pull capability for \(hosts.registry)")
+        }
+        var clients: [RegistryClient] = []
+        var sources: [(RegistryHost, any BlobSource)] = []
+        for host in pull {
+            let limit = host.timeout ?? (host.isMirror ? mirrorTimeout : timeout)
+            let client = host.client(credentials: credentials, timeout: limit, retries: retries, logger: logger)
+            clients.append(client)
+            sources.append((host, RegistryBlobSource(client: client, repository: repository, timeout: limit)))
+        }
+        return MirroredBlobSource(sources, clients: clients, logger: logger)
+    }
+
+    public func shutdown() async {
+        for client in clients { await client.shutdown() }
+    }
+
+    public func sourceStats() -> [SourceStats] {
+        entries.map { entry in
+            entry.state.withLock { s in
+                var stats = s.stats
+                if case .up = s.health { stats.state = "up" } else { stats.state = "down" }
+                return stats
+            }
+        }
+    }
+
+    public func read(_ digest: Digest, range: Range<UInt64>) throws(ChunksError) -> [UInt8] {
+        var failures: [String] = []
+        var skipped: [Entry] = []
+        let now = Self.now()
+        for entry in entries {
+            guard entry.admit(now: now) else { skipped.append(entry); continue }
+            if let bytes = attempt(entry, digest, range, &failures) { return bytes }
+        }
+        // Every host that was in use failed: try those that were not, in order.
+        for entry in skipped {
+            entry.state.withLock { s in
+                if case .down(_, let n) = s.health { s.health = .probing(failures: n) }
+            }
+            if let bytes = attempt(entry, digest, range, &failures) { return bytes }
+        }
+        throw ChunksError(.exhausted, "bytes \(range) of \(digest): every host failed: " + failures.joined(separator: "; "))
+    }
+
+    private func attempt(_ entry: Entry, _ digest: Digest, _ range: Range<UInt64>, _ failures: inout [String]) -> [UInt8]? {
+        do {
+            let bytes = try entry.source.read(digest, range: range)
+            let recovered = entry.state.withLock { s -> Bool in
+                s.stats.bytes += UInt64(bytes.count)
+                s.stats.requests += 1
+                let wasDown = s.health != .up
+                s.health = .up
+                return wasDown
+            }
+            if recovered { logger.notice("registry host \(entry.host.url) answers again; back in use") }
+            return bytes
+        } catch {
+            failures.append("\(entry.host.url): \(error)")
+            let backoff: Double? = entry.state.withLock { s in
+                s.stats.requests += 1
+                s.stats.failures += 1
+                guard error.code != .notFound else {
+                    s.health = .up  // it answered: alive, only without this blob
+                    return nil
+                }
+                let previous: Int
+                switch s.health {
+                case .up: previous = 0
+                case .down(_, let n), .probing(let n): previous = n
+                }
+                let seconds = min(Self.maxBackoff, Self.firstBackoff * Double(1 << min(previous, 10)))
+                s.health = .down(until: Self.now() + seconds, failures: previous + 1)
+                return seconds
+            }
+            if let backoff {
+                logger.warning("registry host \(entry.host.url) failed, out of use for \(backoff) s: \(error)")
+            }
+            return nil
+        }
+    }
+
+    static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}
