@@ -68,7 +68,15 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "KangarooChunks", dependencies: [
-            "KangarooImage", "KangarooOCI",
+            "KangarooImage", "KangarooOCI", "KangarooSystem",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "KangarooP2P", dependencies: [
+            "KangarooChunks", "KangarooOCI",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "KangarooLazyFS", dependencies: ["KangarooChunks", "KangarooImage", "KangarooFUSE", "KangarooSystem", "CKangaroo"]),
@@ -112,7 +120,7 @@ let package = Package(
 
         // Executables.
         .executableTarget(name: "kangaroo", dependencies: [
-            "KangarooOCI", "KangarooImage", "KangarooChunks", "KangarooLazyFS", "KangarooSystem", "KangarooShim", "KangarooSnapshotter",
+            "KangarooOCI", "KangarooImage", "KangarooChunks", "KangarooP2P", "KangarooLazyFS", "KangarooSystem", "KangarooShim", "KangarooSnapshotter",
             "KangarooNetwork", "KangarooNode",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -7,7 +7,15 @@ import KangarooOCI
 /// fetches run on threads of their own.
 public protocol BlobSource: Sendable {
     /// Exactly `range.count` bytes at `range` of blob `digest`, or an error.
-    func read(_ digest: Digest, range: Range<UInt64>) throws(ChunksError) -> [UInt8]
+    /// A source with several hosts gives bytes `accept` rejects to no one
+    /// (see `ChunkSource.read(blob:range:accept:)`).
+    func read(_ digest: Digest, range: Range<UInt64>, accept: ([UInt8]) -> Bool) throws(ChunksError) -> [UInt8]
+}
+
+extension BlobSource {
+    public func read(_ digest: Digest, range: Range<UInt64>) throws(ChunksError) -> [UInt8] {
+        try read(digest, range: range, accept: { _ in true })
+    }
 }
 
 /// What one host has delivered so far (`kangaroo image stats`, metrics).
@@ -19,7 +27,10 @@ public struct SourceStats: Codable, Sendable, Equatable {
     public var bytes: UInt64 = 0
     public var requests: UInt64 = 0
     public var failures: UInt64 = 0
-    /// `up`, or `down` while failures keep it out of use.
+    /// Answers that failed verification (the host is then blocked).
+    public var rejected: UInt64 = 0
+    /// `up`, `down` while failures keep it out of use, `blocked` after
+    /// it served bytes that failed verification.
     public var state: String = "up"
 
     public init(name: String, role: String) {
@@ -44,10 +55,14 @@ public final class BlobChunkSource: ChunkSource, SourceReporting {
     }
 
     public func read(blob: Int, range: Range<UInt64>) throws -> [UInt8] {
+        try read(blob: blob, range: range, accept: { _ in true })
+    }
+
+    public func read(blob: Int, range: Range<UInt64>, accept: ([UInt8]) -> Bool) throws -> [UInt8] {
         guard digests.indices.contains(blob) else {
             throw ChunksError(.invalidArgument, "blob index \(blob) is not in the image's blob table (\(digests.count) blobs)")
         }
-        return try source.read(digests[blob], range: range)
+        return try source.read(digests[blob], range: range, accept: accept)
     }
 
     public func sourceStats() -> [SourceStats] {

@@ -15,6 +15,13 @@ import Synchronization
 /// 404 lacks that blob: the next host is tried, the host stays in use. When
 /// every host is out of use they are tried anyway, in order, so a request
 /// fails only after each host failed it.
+///
+/// Trust: a host's bytes are checked by the caller's `accept` (the chunks'
+/// ToC digests). A host whose bytes fail it is blocked for `blockSeconds`
+/// (10 minutes), never tried meanwhile, and the next host is asked: a
+/// mirror or peer that serves a wrong byte costs one request, not a wrong
+/// file. Only when no host gives accepted bytes are the last bytes returned
+/// (the caller reports them as failing verification).
 public final class MirroredBlobSource: BlobSource, SourceReporting {
     enum Health: Sendable, Equatable {
         case up
@@ -22,6 +29,8 @@ public final class MirroredBlobSource: BlobSource, SourceReporting {
         case down(until: Double, failures: Int)
         /// Its backoff passed; one request is finding out.
         case probing(failures: Int)
+        /// It served bytes that failed verification: not used until `until`.
+        case blocked(until: Double)
     }
 
     final class Entry: Sendable {
@@ -41,6 +50,10 @@ public final class MirroredBlobSource: BlobSource, SourceReporting {
                 switch s.health {
                 case .up: return true
                 case .probing: return false
+                case .blocked(let until):
+                    guard now >= until else { return false }
+                    s.health = .probing(failures: 0)
+                    return true
                 case .down(let until, let failures):
                     guard now >= until else { return false }
                     s.health = .probing(failures: failures)
@@ -55,6 +68,7 @@ public final class MirroredBlobSource: BlobSource, SourceReporting {
     let logger: Logger
     static let firstBackoff = 1.0
     static let maxBackoff = 60.0
+    static let blockSeconds = 600.0
 
     /// Hosts in the order they are tried, each with its source.
     public init(_ hosts: [(RegistryHost, any BlobSource)], clients: [RegistryClient] = [], logger: Logger) {
@@ -92,33 +106,54 @@ public final class MirroredBlobSource: BlobSource, SourceReporting {
         entries.map { entry in
             entry.state.withLock { s in
                 var stats = s.stats
-                if case .up = s.health { stats.state = "up" } else { stats.state = "down" }
+                switch s.health {
+                case .up: stats.state = "up"
+                case .blocked: stats.state = "blocked"
+                case .down, .probing: stats.state = "down"
+                }
                 return stats
             }
         }
     }
 
-    public func read(_ digest: Digest, range: Range<UInt64>) throws(ChunksError) -> [UInt8] {
+    public func read(_ digest: Digest, range: Range<UInt64>, accept: ([UInt8]) -> Bool) throws(ChunksError) -> [UInt8] {
         var failures: [String] = []
         var skipped: [Entry] = []
+        var rejected: [UInt8]?
         let now = Self.now()
         for entry in entries {
             guard entry.admit(now: now) else { skipped.append(entry); continue }
-            if let bytes = attempt(entry, digest, range, &failures) { return bytes }
+            if let bytes = attempt(entry, digest, range, accept, &failures, &rejected) { return bytes }
         }
-        // Every host that was in use failed: try those that were not, in order.
+        // Every host that was in use failed: try those that were down (not
+        // the blocked ones), in order.
         for entry in skipped {
-            entry.state.withLock { s in
-                if case .down(_, let n) = s.health { s.health = .probing(failures: n) }
+            let retry = entry.state.withLock { s -> Bool in
+                guard case .down(_, let n) = s.health else { return false }
+                s.health = .probing(failures: n)
+                return true
             }
-            if let bytes = attempt(entry, digest, range, &failures) { return bytes }
+            if retry, let bytes = attempt(entry, digest, range, accept, &failures, &rejected) { return bytes }
         }
+        if let rejected { return rejected }
         throw ChunksError(.exhausted, "bytes \(range) of \(digest): every host failed: " + failures.joined(separator: "; "))
     }
 
-    private func attempt(_ entry: Entry, _ digest: Digest, _ range: Range<UInt64>, _ failures: inout [String]) -> [UInt8]? {
+    private func attempt(_ entry: Entry, _ digest: Digest, _ range: Range<UInt64>, _ accept: ([UInt8]) -> Bool,
+                         _ failures: inout [String], _ rejected: inout [UInt8]?) -> [UInt8]? {
         do {
             let bytes = try entry.source.read(digest, range: range)
+            guard accept(bytes) else {
+                entry.state.withLock { s in
+                    s.stats.requests += 1
+                    s.stats.rejected += 1
+                    s.health = .blocked(until: Self.now() + Self.blockSeconds)
+                }
+                logger.error("registry host \(entry.host.url) served bytes \(range) of \(digest) that fail verification: blocked for \(Int(Self.blockSeconds)) s")
+                failures.append("\(entry.host.url): bytes failed verification")
+                rejected = bytes
+                return nil
+            }
             let recovered = entry.state.withLock { s -> Bool in
                 s.stats.bytes += UInt64(bytes.count)
                 s.stats.requests += 1
@@ -139,7 +174,7 @@ public final class MirroredBlobSource: BlobSource, SourceReporting {
                 }
                 let previous: Int
                 switch s.health {
-                case .up: previous = 0
+                case .up, .blocked: previous = 0
                 case .down(_, let n), .probing(let n): previous = n
                 }
                 let seconds = min(Self.maxBackoff, Self.firstBackoff * Double(1 << min(previous, 10)))

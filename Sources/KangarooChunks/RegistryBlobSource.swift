@@ -16,7 +16,8 @@ public final class RegistryBlobSource: BlobSource {
         self.timeout = timeout
     }
 
-    public func read(_ digest: Digest, range: Range<UInt64>) throws(ChunksError) -> [UInt8] {
+    /// One host: `accept` is the caller's to apply.
+    public func read(_ digest: Digest, range: Range<UInt64>, accept: ([UInt8]) -> Bool) throws(ChunksError) -> [UInt8] {
         let result = Mutex<Result<[UInt8], OCIError>?>(nil)
         let done = DispatchSemaphore(value: 0)
         let client = self.client, repository = self.repository

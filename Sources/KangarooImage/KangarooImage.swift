@@ -98,11 +98,23 @@ public struct KangarooImage: Sendable {
     public func blobDigest(_ index: Int) -> Digest { manifest.layers[index + 1].digest }
 }
 
-/// Where compressed chunk bytes come from: a local layout now; the lazy
-/// mount adds registry and P2P sources.
+/// Where compressed chunk bytes come from: a local layout, a registry and
+/// its mirrors (KangarooChunks).
 public protocol ChunkSource: Sendable {
     /// Compressed bytes `range` of blob `blob` (index in the blob table).
     func read(blob: Int, range: Range<UInt64>) throws -> [UInt8]
+    /// The same, for a caller that checks the bytes (against the ToC): a
+    /// source with several hosts hands bytes that `accept` rejects to no
+    /// one, it takes that host out of use and asks the next. Bytes the last
+    /// host gives are returned whether accepted or not (the caller reports).
+    func read(blob: Int, range: Range<UInt64>, accept: ([UInt8]) -> Bool) throws -> [UInt8]
+}
+
+extension ChunkSource {
+    /// One host: nothing to fall back on.
+    public func read(blob: Int, range: Range<UInt64>, accept: ([UInt8]) -> Bool) throws -> [UInt8] {
+        try read(blob: blob, range: range)
+    }
 }
 
 /// Reads blobs from an OCI layout directory.

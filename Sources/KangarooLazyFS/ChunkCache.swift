@@ -2,6 +2,8 @@
 import CKangaroo
 import Glibc
 #endif
+import Foundation
+import KangarooChunks
 import KangarooImage
 import Synchronization
 
@@ -14,6 +16,11 @@ import Synchronization
 /// set the bits, pwrite the changed bitmap bytes and fdatasync `.bitmap`. A
 /// set bit therefore always covers durable, verified bytes; a crash can only
 /// lose bits (those chunks are fetched again).
+///
+/// For the peer (`CacheReader`), each blob also gets its chunk table
+/// (`.toc`, written once, atomically) and, for stores that carry compressed
+/// bytes, `.packed` and `.pmap` in the same order: bytes first, made
+/// durable with `.data`, bits after (CacheLayout).
 public final class ChunkCache: Sendable {
     final class BlobFile: Sendable {
         let digestHex: String
@@ -24,8 +31,18 @@ public final class ChunkCache: Sendable {
         let bits: Mutex<[UInt8]>
         /// End of the range last hinted to the kernel for readahead.
         let hinted = Atomic<UInt64>(0)
+        let directory: String
+        let compressedSize: UInt64
+        /// `.toc` position of each compressed offset (the `.pmap` bit).
+        let tocPositions: [UInt64: Int]
+        /// `.packed` and `.pmap`, opened on the first store that keeps compressed bytes.
+        let packed = Mutex<(data: Int32, map: Int32, bits: [UInt8])?>(nil)
 
-        init(directory: String, blob: BlobInfo) throws(LazyFSError) {
+        init(directory: String, blob: BlobInfo, index: Int, chunks: [ChunkInfo]) throws(LazyFSError) {
+            self.directory = directory
+            compressedSize = blob.compressedSize
+            let toc = BlobTOC(chunks: chunks, blob: index)
+            tocPositions = Dictionary(uniqueKeysWithValues: toc.entries.enumerated().map { ($1.compressedOffset, $0) })
             digestHex = blob.digestHex
             blocks = blob.uncompressedSize / 4096
             dataPath = directory + "/" + blob.digestHex + ".data"
@@ -52,6 +69,9 @@ public final class ChunkCache: Sendable {
                 if hadData, dataSize == blob.uncompressedSize, bitmapSize == UInt64(bitmapBytes) {
                     _ = try Sys.preadFull(bitmap, into: &loaded, at: 0, what: bitmapPath)
                 } else {
+                    // The compressed copies' bits go first: never a set
+                    // `.pmap` bit without its `.bitmap` bit.
+                    unlink(CacheLayout.packedMapPath(directory, blob.digestHex))
                     try Sys.ftruncate(bitmap, 0, what: bitmapPath)
                     try Sys.ftruncate(bitmap, UInt64(bitmapBytes), what: bitmapPath)
                     try Sys.fdatasync(bitmap, what: bitmapPath)
@@ -59,6 +79,7 @@ public final class ChunkCache: Sendable {
                         try Sys.ftruncate(data, blob.uncompressedSize, what: dataPath)
                     }
                 }
+                try Self.writeTOC(toc, directory: directory, hex: blob.digestHex)
             } catch {
                 Sys.close(data)
                 Sys.close(bitmap)
@@ -70,6 +91,69 @@ public final class ChunkCache: Sendable {
         deinit {
             Sys.close(dataFD)
             Sys.close(bitmapFD)
+            if let p = packed.withLock({ $0 }) {
+                Sys.close(p.data)
+                Sys.close(p.map)
+            }
+        }
+
+        /// Writes the chunk table once (a temporary named by pid, renamed).
+        static func writeTOC(_ toc: BlobTOC, directory: String, hex: String) throws(LazyFSError) {
+            let path = CacheLayout.tocPath(directory, hex)
+            if Sys.exists(path) { return }
+            let tmp = path + ".tmp.\(getpid())"
+            let fd = try Sys.open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+            do {
+                try Sys.pwriteAll(fd, bytes: toc.encoded(), at: 0, what: tmp)
+                try Sys.fdatasync(fd, what: tmp)
+            } catch {
+                Sys.close(fd)
+                unlink(tmp)
+                throw error
+            }
+            Sys.close(fd)
+            guard rename(tmp, path) == 0 else {
+                let error = Sys.errno("renaming \(tmp) to \(path)")
+                unlink(tmp)
+                throw error
+            }
+        }
+
+        /// `.packed` (sized like the blob, sparse) and `.pmap`, opened once.
+        func openPacked() throws(LazyFSError) -> (data: Int32, map: Int32) {
+            try packed.withLock { (p) throws(LazyFSError) -> (data: Int32, map: Int32) in
+                if let p { return (p.data, p.map) }
+                let dataPath = CacheLayout.packedPath(directory, digestHex)
+                let mapPath = CacheLayout.packedMapPath(directory, digestHex)
+                let data = try Sys.open(dataPath, O_RDWR | O_CREAT, 0o600)
+                let map: Int32
+                do throws(LazyFSError) { map = try Sys.open(mapPath, O_RDWR | O_CREAT, 0o600) } catch {
+                    Sys.close(data)
+                    throw error
+                }
+                let mapBytes = (tocPositions.count + 7) / 8
+                var bits = [UInt8](repeating: 0, count: mapBytes)
+                do {
+                    if try Sys.fileSize(data) == compressedSize, try Sys.fileSize(map) == UInt64(mapBytes) {
+                        _ = try Sys.preadFull(map, into: &bits, at: 0, what: mapPath)
+                    } else {
+                        try Sys.ftruncate(map, 0, what: mapPath)
+                        try Sys.ftruncate(map, UInt64(mapBytes), what: mapPath)
+                        try Sys.fdatasync(map, what: mapPath)
+                        try Sys.ftruncate(data, compressedSize, what: dataPath)
+                    }
+                } catch let error as LazyFSError {
+                    Sys.close(data)
+                    Sys.close(map)
+                    throw error
+                } catch {
+                    Sys.close(data)
+                    Sys.close(map)
+                    throw LazyFSError(.cache, "opening \(dataPath) failed", underlying: LazyFSErrorBox(error))
+                }
+                p = (data, map, bits)
+                return (data, map)
+            }
         }
 
         func isSet(_ range: Range<UInt64>) -> Bool {
@@ -89,10 +173,23 @@ public final class ChunkCache: Sendable {
         try Sys.mkdirs(directory)
         chmod(directory, 0o700)
         self.directory = directory
+        Self.removeStaleTemporaries(directory)
         var files: [BlobFile] = []
-        for blob in bootstrap.blobs { files.append(try BlobFile(directory: directory, blob: blob)) }
+        for (index, blob) in bootstrap.blobs.enumerated() {
+            files.append(try BlobFile(directory: directory, blob: blob, index: index, chunks: bootstrap.chunks))
+        }
         self.files = files
         self.chunks = bootstrap.chunks
+    }
+
+    /// Chunk tables a killed writer left (`<hex>.toc.tmp.<pid>` of a dead pid).
+    static func removeStaleTemporaries(_ directory: String) {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return }
+        for name in names {
+            guard let range = name.range(of: ".toc.tmp."), let pid = Int32(name[range.upperBound...]),
+                  kill(pid, 0) != 0 && errno == ESRCH else { continue }
+            unlink(directory + "/" + name)
+        }
     }
 
     /// The `.data` file of blob `index` (a `device=` for the kernel mount).
@@ -140,17 +237,33 @@ public final class ChunkCache: Sendable {
         _ = posix_fadvise(file.dataFD, off_t(end), off_t(readAheadWindow), POSIX_FADV_WILLNEED)
     }
 
-    /// Persists verified chunks (ToC index, uncompressed bytes) of one blob
-    /// in the crash-safe order described above.
+    /// Persists verified chunks (ToC index, uncompressed bytes) in the
+    /// crash-safe order described above.
     public func store(_ items: [(index: Int, data: [UInt8])]) throws(LazyFSError) {
-        var byBlob: [Int: [(index: Int, data: [UInt8])]] = [:]
+        try store(items.map { ($0.index, $0.data, nil) })
+    }
+
+    /// The same, keeping the compressed bytes of the items that carry them
+    /// (for the peer).
+    public func store(_ items: [(index: Int, data: [UInt8], compressed: ArraySlice<UInt8>?)]) throws(LazyFSError) {
+        var byBlob: [Int: [(index: Int, data: [UInt8], compressed: ArraySlice<UInt8>?)]] = [:]
         for item in items { byBlob[chunks[item.index].blob, default: []].append(item) }
         for (blob, group) in byBlob {
             let file = files[blob]
+            var packedFD: Int32 = -1
             do {
                 for item in group {
                     let chunk = chunks[item.index]
                     try Sys.pwriteAll(file.dataFD, bytes: item.data, at: UInt64(chunk.blockAddress) * 4096, what: file.dataPath)
+                }
+                if group.contains(where: { $0.compressed != nil }) {
+                    packedFD = try file.openPacked().data
+                    for item in group {
+                        guard let compressed = item.compressed else { continue }
+                        try Sys.pwriteAll(packedFD, bytes: Array(compressed), at: chunks[item.index].compressedOffset,
+                                          what: file.digestHex + ".packed")
+                    }
+                    try Sys.fdatasync(packedFD, what: file.digestHex + ".packed")
                 }
                 try Sys.fdatasync(file.dataFD, what: file.dataPath)
             } catch {
@@ -179,6 +292,25 @@ public final class ChunkCache: Sendable {
                 try Sys.pwriteAll(file.bitmapFD, bytes: Array(bits[low...high]), at: UInt64(low), what: file.digestHex + ".bitmap")
             }
             try Sys.fdatasync(file.bitmapFD, what: file.digestHex + ".bitmap")
+            if packedFD >= 0 { try markPacked(file, group.filter { $0.compressed != nil }.map(\.index)) }
+        }
+    }
+
+    /// Sets the `.pmap` bits of chunks whose compressed bytes are durable.
+    private func markPacked(_ file: BlobFile, _ indices: [Int]) throws(LazyFSError) {
+        try file.packed.withLock { (p) throws(LazyFSError) in
+            guard var state = p else { return }
+            var low = Int.max, high = -1
+            for index in indices {
+                guard let position = file.tocPositions[chunks[index].compressedOffset] else { continue }
+                state.bits[position / 8] |= 1 << UInt8(position % 8)
+                low = min(low, position / 8)
+                high = max(high, position / 8)
+            }
+            p = state
+            guard high >= low else { return }
+            try Sys.pwriteAll(state.map, bytes: Array(state.bits[low...high]), at: UInt64(low), what: file.digestHex + ".pmap")
+            try Sys.fdatasync(state.map, what: file.digestHex + ".pmap")
         }
     }
 }

@@ -16,6 +16,10 @@ public struct FetchConfiguration: Sendable {
     /// Attempts after the first failed source read (within the deadline).
     public var retries = 3
     public var backoff: Duration = .milliseconds(100)
+    /// Keep the compressed bytes of compressed chunks in the cache too
+    /// (`<blob>.packed`), so that a peer can serve them as the registry
+    /// would (raw chunks are served from `.data`).
+    public var keepCompressed = false
 
     public init() {}
 }
@@ -187,12 +191,38 @@ public final class ChunkFetcher: Sendable {
         let high = group.map { chunks[$0].compressedRange.upperBound }.max() ?? 0
         let blobName = "sha256:" + bootstrap.blobs[blob].digestHex
         var bytes: [UInt8] = []
+        // Verification runs inside the source's `accept`, so that a source
+        // with several hosts (mirrors, peers) moves on from one whose bytes
+        // are wrong; the outcome of the last bytes checked is kept.
+        var results: [Int: Result<Void, LazyFSError>] = [:]
+        var verified: [(index: Int, data: [UInt8], compressed: ArraySlice<UInt8>?)] = []
+        var failed: [(index: Int, error: any Error)] = []
+        var checked = false
+        func check(_ candidate: [UInt8]) -> Bool {
+            checked = true
+            verified = []
+            failed = []
+            let slice = SliceSource(base: low, bytes: candidate)
+            for index in group {
+                do {
+                    let data = try bootstrap.readChunk(index, source: slice)
+                    let c = chunks[index]
+                    let packed = configuration.keepCompressed && c.compression != .none
+                        ? candidate[Int(c.compressedOffset - low)..<Int(c.compressedRange.upperBound - low)] : nil
+                    verified.append((index, data, packed))
+                } catch {
+                    failed.append((index, error))
+                }
+            }
+            return failed.isEmpty
+        }
         let started = Sys.monotonicSeconds()
         var attempt = 0
         while true {
             let t0 = Sys.monotonicSeconds()
             do {
-                bytes = try source.read(blob: blob, range: low..<high)
+                checked = false
+                bytes = try source.read(blob: blob, range: low..<high, accept: check)
                 counters.recordLatency(milliseconds: (Sys.monotonicSeconds() - t0) * 1000)
                 counters.update {
                     $0.bytesFetched += UInt64(bytes.count)
@@ -214,19 +244,13 @@ public final class ChunkFetcher: Sendable {
                 Thread.sleep(forTimeInterval: pause)
             }
         }
-        var results: [Int: Result<Void, LazyFSError>] = [:]
-        var verified: [(index: Int, data: [UInt8])] = []
-        let slice = SliceSource(base: low, bytes: bytes)
-        for index in group {
-            do {
-                verified.append((index, try bootstrap.readChunk(index, source: slice)))
-            } catch {
-                let c = chunks[index]
-                logger.error("lazyfs: chunk \(index) (blob \(blobName), compressed bytes \(c.compressedOffset)..<\(c.compressedRange.upperBound), block \(c.blockAddress)) failed verification and is not served: \(error)")
-                counters.update { $0.verificationFailures += 1; $0.errors += 1 }
-                results[index] = .failure(LazyFSError(.verification, "chunk \(index) of blob \(blobName) failed verification",
-                                                      underlying: LazyFSErrorBox(error)))
-            }
+        if !checked { _ = check(bytes) }
+        for (index, error) in failed {
+            let c = chunks[index]
+            logger.error("lazyfs: chunk \(index) (blob \(blobName), compressed bytes \(c.compressedOffset)..<\(c.compressedRange.upperBound), block \(c.blockAddress)) failed verification and is not served: \(error)")
+            counters.update { $0.verificationFailures += 1; $0.errors += 1 }
+            results[index] = .failure(LazyFSError(.verification, "chunk \(index) of blob \(blobName) failed verification",
+                                                  underlying: LazyFSErrorBox(error)))
         }
         do {
             try cache.store(verified)

@@ -19,6 +19,10 @@ public final class RateLimitedChunkSource: ChunkSource, SourceReporting {
     }
 
     public func read(blob: Int, range: Range<UInt64>) throws -> [UInt8] {
+        try read(blob: blob, range: range, accept: { _ in true })
+    }
+
+    public func read(blob: Int, range: Range<UInt64>, accept: ([UInt8]) -> Bool) throws -> [UInt8] {
         let cost = Double(range.count) / bytesPerSecond
         let burst = 0.05
         let now = Self.now()
@@ -29,7 +33,7 @@ public final class RateLimitedChunkSource: ChunkSource, SourceReporting {
         }
         let wait = done - now
         if wait > 0 { usleep(useconds_t(min(wait, 3600) * 1_000_000)) }
-        return try inner.read(blob: blob, range: range)
+        return try inner.read(blob: blob, range: range, accept: accept)
     }
 
     public func sourceStats() -> [SourceStats] {

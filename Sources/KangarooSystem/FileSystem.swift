@@ -20,6 +20,21 @@ public enum FileSystem {
         return out
     }
 
+    /// `count` bytes at `offset` of an open file; fewer only at its end.
+    public static func pread(_ fd: Int32, count: Int, at offset: UInt64) throws(Errno) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        var done = 0
+        while done < count {
+            let n = try retrying {
+                out.withUnsafeMutableBytes { Glibc.pread(fd, $0.baseAddress! + done, count - done, off_t(offset) + off_t(done)) }
+            }
+            if n == 0 { break }
+            done += n
+        }
+        if done < count { out.removeLast(count - done) }
+        return out
+    }
+
     public static func readString(_ path: String) throws(Errno) -> String {
         String(decoding: try read(path), as: UTF8.self)
     }

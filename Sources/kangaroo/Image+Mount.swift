@@ -43,6 +43,8 @@ extension ImageCommand {
         @Option(help: "Serve Prometheus metrics on HOST:PORT (GET /metrics; an IPv4 address, e.g. 127.0.0.1:9464).")
         var metrics: String?
         @Option(help: "Record the files opened, in first-access order, into this prefetch list file.") var trace: String?
+        @Flag(help: "Keep the compressed bytes of compressed chunks in the cache too, so that `kangaroo peer` can serve them to other nodes (costs their size on disk).")
+        var keepCompressed = false
         @Flag(help: "Let a keeper (the node daemon) hold the FUSE connection, so that a new server can take the mount over if this one dies (no io_uring).")
         var failover = false
         @Option(help: .hidden) var takeoverFd: Int32?
@@ -113,6 +115,7 @@ extension ImageCommand {
                 mountOptions.fetch.deadline = .milliseconds(Int64(deadline * 1000))
                 mountOptions.fetch.retries = max(0, retries)
                 mountOptions.fetch.mergeGap = UInt64(gap)
+                mountOptions.fetch.keepCompressed = keepCompressed
                 mountOptions.tracePath = trace.map(MountControl.normalize)
                 mountOptions.statsPath = MountControl.statsPath(mountPoint)
                 mountOptions.metricsAddress = metricsAddress

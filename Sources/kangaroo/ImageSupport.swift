@@ -37,6 +37,7 @@ extension GlobalOptions {
     /// mirrors in order, then the registry), each with a client shut down
     /// afterwards, until one succeeds. A mirror's failure is logged and the
     /// next host tried; the registry's is thrown.
+    @discardableResult
     func withPullHosts<T>(_ reference: Reference, logger: Logger, credentials: RegistryCredentials? = nil,
                           _ body: (RegistryClient) async throws -> T) async throws -> T {
         let hosts = try registryHosts(for: reference, logger: logger).hosts(for: .resolve)

@@ -7,7 +7,8 @@ struct Kangaroo: AsyncParsableCommand {
         commandName: "kangaroo",
         abstract: "Serverless container node stack: lazy images, P2P distribution, a lean runtime.",
         version: "0.1.0",
-        subcommands: [ImageCommand.self, RunCommand.self, Ps.self, Stop.self, Rm.self, NodeCommand.self, NetworkCommand.self, DiskCommand.self]
+        subcommands: [ImageCommand.self, RunCommand.self, Ps.self, Stop.self, Rm.self, NodeCommand.self, NetworkCommand.self, DiskCommand.self,
+                      PeerCommand.self]
     )
 }
 

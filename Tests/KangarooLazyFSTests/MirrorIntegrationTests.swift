@@ -37,11 +37,18 @@ struct MirrorIntegrationTests {
                        env: ["KANGAROO_RUN_DIR": tmp.runDir], check: check)
     }
 
-    /// The `sources` of a mount's stats, by role.
+    /// The `sources` of a mount's stats, by role, once the stats file is
+    /// newer than this call (it is rewritten every second).
     static func sources(_ tmp: MountTemp, _ mp: String) throws -> [String: [String: Any]] {
-        let r = try tmp.kangaroo(["image", "stats", "--json", mp])
-        let object = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
-        let list = try #require(object["sources"] as? [[String: Any]], "no sources in \(r.stdout)")
+        let asked = Date().timeIntervalSince1970
+        var object: [String: Any] = [:]
+        for _ in 0..<100 {
+            let r = try tmp.kangaroo(["image", "stats", "--json", mp])
+            object = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+            if (object["updatedAt"] as? Double ?? 0) >= asked { break }
+            usleep(50_000)
+        }
+        let list = try #require(object["sources"] as? [[String: Any]], "no sources in \(object)")
         return Dictionary(list.map { (($0["role"] as? String) ?? "?", $0) }, uniquingKeysWith: { a, _ in a })
     }
 

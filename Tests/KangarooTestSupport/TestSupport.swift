@@ -162,3 +162,13 @@ public func runOnTerminal(_ command: [String], input: String, typeAfter: Double 
     let json = String(decoding: try JSONSerialization.data(withJSONObject: options), as: UTF8.self)
     return try run("/usr/bin/python3", ["-c", driver, json] + command)
 }
+
+/// Flips the lowest bit of the byte at `offset` of a file.
+public func flipByte(_ path: String, at offset: UInt64) throws {
+    let h = try FileHandle(forUpdating: URL(fileURLWithPath: path))
+    defer { try? h.close() }
+    try h.seek(toOffset: offset)
+    let b = try #require(try h.read(upToCount: 1)).first!
+    try h.seek(toOffset: offset)
+    try h.write(contentsOf: Data([b ^ 0x01]))
+}

@@ -1,0 +1,80 @@
+import ArgumentParser
+import Foundation
+import KangarooChunks
+import KangarooP2P
+import Logging
+import ServiceLifecycle
+
+struct PeerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "peer",
+        abstract: "Serve this node's verified chunk cache to other nodes.",
+        discussion: """
+        Answers GET /v2/<name>/blobs/<digest> with a Range header, in the OCI blob URL form, with the bytes the \
+        registry would give, for ranges of whole chunks this node holds (404 otherwise). Other nodes list it \
+        as a mirror in their hosts.toml with the header Authorization = "Bearer <token>"; they verify every \
+        chunk against its digest, so a peer is never trusted with content. Mounts keep what a peer serves of \
+        compressed chunks with --keep-compressed. docs/P2P.md.
+        """)
+
+    @OptionGroup var options: GlobalOptions
+    @Option(help: "The chunk cache directory to serve.") var cache: String = "/var/lib/kangaroo/cache"
+    @Option(help: "HOST:PORT to listen on (IPv4; port 0 picks one).") var listen: String = "0.0.0.0:5050"
+    @Option(help: "File holding the cluster token that requests must present (Authorization: Bearer <token>).")
+    var tokenFile: String?
+    @Flag(help: "Serve anyone, without a token (a network of trusted hosts only).") var noAuth = false
+    @Option(help: "Uploads served at once; more get 503 and go elsewhere.") var maxUploads: Int = 16
+    @Option(help: "Cap the upload bandwidth, bytes per second (K/M/G allowed; 0: no cap).") var maxUploadRate: String = "0"
+
+    func run() async throws {
+        let logger = options.makeLogger("kangaroo.peer")
+        do {
+            let address = try parseHostPort(listen, option: "--listen")
+            guard (tokenFile != nil) != noAuth else {
+                throw CLIError("give either --token-file (the cluster token) or --no-auth")
+            }
+            let token = try tokenFile.map(readClusterToken)
+            guard maxUploads >= 1 else { throw CLIError("--max-uploads \(maxUploads) must be at least 1") }
+            guard let rate = parseSize(maxUploadRate), rate >= 0 else {
+                throw CLIError("--max-upload-rate '\(maxUploadRate)' is not a size (bytes per second, K/M/G allowed)")
+            }
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: cache, isDirectory: &isDirectory), isDirectory.boolValue else {
+                throw CLIError("--cache \(cache) is not a directory")
+            }
+            var configuration = PeerServer.Configuration(host: address.host, port: Int(address.port), token: token)
+            configuration.maxUploads = maxUploads
+            configuration.maxUploadBytesPerSecond = UInt64(rate)
+            let server = PeerServer(reader: CacheReader(directory: cache), configuration: configuration, logger: logger)
+            let group = ServiceGroup(configuration: .init(services: [.init(service: PeerService(server: server))],
+                                                          gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            try await group.run()
+        } catch {
+            fail(error)
+        }
+    }
+}
+
+/// The cluster token in `path`: one line of at least 16 characters.
+func readClusterToken(_ path: String) throws -> String {
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+        throw CLIError("cannot read the cluster token file \(path)")
+    }
+    let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
+    guard token.count >= 16, !token.contains(where: { $0.isWhitespace }) else {
+        throw CLIError("the cluster token in \(path) must be one word of at least 16 characters")
+    }
+    return token
+}
+
+/// The peer's HTTP server as a service: on graceful shutdown it closes its listener.
+struct PeerService: Service {
+    let server: PeerServer
+
+    func run() async throws {
+        let port = try await server.start()
+        FileHandle.standardOutput.write(Data("peer listening on \(server.configuration.host):\(port)\n".utf8))
+        try? await gracefulShutdown()
+        await server.stop()
+    }
+}

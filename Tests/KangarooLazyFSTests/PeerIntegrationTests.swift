@@ -1,0 +1,205 @@
+import Foundation
+import KangarooTestSupport
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `kangaroo peer` serving one node's chunk cache to another, which lists it
+/// as a mirror (hosts.toml), against a real origin registry.
+@Suite("peer: a node's verified cache served to other nodes", .serialized,
+       .enabled(if: TestEnv.enabled, "needs root and KANGAROO_INTEGRATION=1"))
+struct PeerIntegrationTests {
+    /// A `kangaroo peer` process; killed at deinit.
+    final class Peer {
+        let process = Process()
+        let port: Int
+        let log: String
+
+        init(cache: String, tokenFile: String?, log: String, extra: [String] = []) throws {
+            self.log = log
+            _ = FileManager.default.createFile(atPath: log, contents: nil)
+            let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+            process.executableURL = URL(fileURLWithPath: TestEnv.kangaroo)
+            process.arguments = ["peer", "--cache", cache, "--listen", "127.0.0.1:0", "--log-level", "info"]
+                + (tokenFile.map { ["--token-file", $0] } ?? ["--no-auth"]) + extra
+            process.standardOutput = handle
+            process.standardError = handle
+            try process.run()
+            var found: Int?
+            for _ in 0..<200 {
+                let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+                if let line = text.split(separator: "\n").first(where: { $0.hasPrefix("peer listening on ") }),
+                   let port = line.split(separator: ":").last.flatMap({ Int($0) }) {
+                    found = port
+                    break
+                }
+                usleep(25_000)
+            }
+            guard let found else {
+                process.terminate()
+                throw NSError(domain: "peer", code: 1, userInfo: [NSLocalizedDescriptionKey: "kangaroo peer did not start: \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")"])
+            }
+            port = found
+        }
+
+        var address: String { "127.0.0.1:\(port)" }
+
+        deinit {
+            if process.isRunning {
+                process.terminate()
+                process.waitUntilExit()
+            }
+        }
+    }
+
+    /// The origin registry with the sample image, node A's cache filled by
+    /// reading the whole image once with --keep-compressed, and the token.
+    static func seededNode(_ tmp: MountTemp) throws -> (TestRegistry, String, String) {
+        let (origin, ref) = try MirrorIntegrationTests.origin(tmp)
+        try MirrorIntegrationTests.mount(tmp, ref, label: "a", hostsDir: tmp.sub("no-hosts"), ["--keep-compressed"])
+        try expectSameTree(tmp.sub("kernel"), tmp.sub("mp-a"), "node A's mount from the registry")
+        try tmp.kangaroo(["image", "umount", tmp.sub("mp-a")])
+        let token = tmp.sub("cluster.token")
+        try "kangaroo-test-cluster-\(UUID().uuidString)\n".write(toFile: token, atomically: true, encoding: .utf8)
+        return (origin, ref, token)
+    }
+
+    static func token(_ path: String) throws -> String {
+        try String(contentsOfFile: path, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// hosts.toml naming the peer (pull only, with the token) before the origin.
+    static func peerHosts(_ tmp: MountTemp, origin: TestRegistry, peer: Peer, token: String) throws -> String {
+        let dir = tmp.sub("hosts.d")
+        try MirrorIntegrationTests.writeHosts(dir, registry: origin.host, """
+            server = "http://\(origin.host)"
+            [host."http://\(peer.address)"]
+              capabilities = ["pull"]
+              [host."http://\(peer.address)".header]
+                Authorization = "Bearer \(token)"
+            """)
+        return dir
+    }
+
+    /// The first entries of a blob's chunk table in a cache (`.toc`):
+    /// (compressed offset, compressed size, compression).
+    static func tocEntries(_ cache: String) throws -> (hex: String, entries: [(UInt64, UInt32, UInt8)]) {
+        let names = try FileManager.default.contentsOfDirectory(atPath: cache).filter { $0.hasSuffix(".toc") }.sorted()
+        var best: (String, [(UInt64, UInt32, UInt8)]) = ("", [])
+        for name in names {
+            let bytes = try #require(FileManager.default.contents(atPath: cache + "/" + name)).map { $0 }
+            func u(_ at: Int, _ n: Int) -> UInt64 { (0..<n).reduce(0) { $0 | UInt64(bytes[at + $1]) << (8 * $1) } }
+            let count = Int(u(8, 8))
+            let entries = (0..<count).map { i -> (UInt64, UInt32, UInt8) in
+                let at = 16 + i * 21
+                return (u(at, 8), UInt32(u(at + 8, 4)), bytes[at + 20])
+            }
+            if entries.count > best.1.count { best = (String(name.dropLast(4)), entries) }
+        }
+        return best
+    }
+
+    @Test("a node mounts an image from a peer's cache; plain clients read its ranges as the registry's; no token, no data")
+    func peerServesAnotherNode() throws {
+        let tmp = try MountTemp("peer")
+        let (origin, ref, tokenFile) = try Self.seededNode(tmp)
+        let token = try Self.token(tokenFile)
+        let peer = try Peer(cache: tmp.sub("cache-a"), tokenFile: tokenFile, log: tmp.sub("peer.log"))
+
+        // A plain HTTP client: the peer's bytes for a range of whole chunks are the registry's.
+        let (hex, entries) = try Self.tocEntries(tmp.sub("cache-a"))
+        #expect(entries.count >= 3, "\(entries.count) chunks")
+        let end = entries[2].0 + UInt64(entries[2].1)
+        let range = "bytes=\(entries[0].0)-\(end - 1)"
+        let url = "/v2/mirrored/sample/blobs/sha256:\(hex)"
+        let fromPeer = try run("curl", ["-sf", "-H", "Authorization: Bearer \(token)", "-H", "Range: \(range)",
+                                        "-o", tmp.sub("from-peer"), "-w", "%{http_code}", "http://\(peer.address)\(url)"])
+        let fromRegistry = try run("curl", ["-sfL", "-H", "Range: \(range)", "-o", tmp.sub("from-registry"),
+                                            "http://\(origin.host)\(url)"])
+        #expect(fromPeer.stdout == "206" && fromRegistry.status == 0, "\(fromPeer.output) \(fromRegistry.output)")
+        let peerBytes = FileManager.default.contents(atPath: tmp.sub("from-peer"))
+        #expect(peerBytes != nil && peerBytes?.count == Int(end - entries[0].0))
+        #expect(peerBytes == FileManager.default.contents(atPath: tmp.sub("from-registry")))
+        // Half a chunk at the start is served too; a blob it lacks is not.
+        let unknown = try run("curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Authorization: Bearer \(token)",
+                                       "-H", "Range: bytes=0-10", "http://\(peer.address)/v2/x/blobs/sha256:\(String(repeating: "ab", count: 32))"])
+        #expect(unknown.stdout == "404")
+        // Strangers get nothing.
+        for header in [[], ["-H", "Authorization: Bearer wrong-token-0123456789"]] {
+            let r = try run("curl", ["-s", "-o", tmp.sub("stranger"), "-w", "%{http_code}", "-H", "Range: \(range)"] + header
+                            + ["http://\(peer.address)\(url)"])
+            #expect(r.stdout == "401", "\(header): \(r.stdout)")
+            #expect(!((FileManager.default.contents(atPath: tmp.sub("stranger")) ?? Data()).count >= Int(end - entries[0].0)))
+        }
+        let ping = try run("curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://\(peer.address)/v2/"])
+        #expect(ping.stdout == "401")
+
+        // Node B: the peer as a mirror. Its chunks come from the peer, not the registry.
+        let hostsDir = try Self.peerHosts(tmp, origin: origin, peer: peer, token: token)
+        let originBlobsBefore = origin.requests(matching: "/blobs/").count
+        try MirrorIntegrationTests.mount(tmp, ref, label: "b", hostsDir: hostsDir)
+        try expectSameTree(tmp.sub("kernel"), tmp.sub("mp-b"), "node B's mount from node A's peer")
+        let b = try MirrorIntegrationTests.sources(tmp, tmp.sub("mp-b"))
+        #expect((b["mirror"]?["bytes"] as? Int ?? 0) > 0, "\(b)")
+        #expect((b["origin"]?["bytes"] as? Int ?? -1) == 0, "\(b)")
+        // Only the config and the bootstrap came from the registry (the peer may not resolve).
+        #expect(origin.requests(matching: "/blobs/").count - originBlobsBefore == 2,
+                "\(origin.requests(matching: "/blobs/").suffix(5))")
+        try tmp.kangaroo(["image", "umount", tmp.sub("mp-b")])
+    }
+
+    @Test("a peer whose cache has wrong bytes is blocked; the node reads the registry; no wrong byte is served")
+    func lyingPeerIsBlocked() throws {
+        let tmp = try MountTemp("peer-lying")
+        let (origin, ref, tokenFile) = try Self.seededNode(tmp)
+        let token = try Self.token(tokenFile)
+        // Corrupt node A's copies: one byte in every compressed chunk kept and in the data file.
+        let (hex, entries) = try Self.tocEntries(tmp.sub("cache-a"))
+        let packed = tmp.sub("cache-a/\(hex).packed")
+        var flipped = 0
+        for entry in entries where entry.2 != 0 && FileManager.default.fileExists(atPath: packed) {
+            try flipByte(packed, at: entry.0 + UInt64(entry.1 / 2))
+            flipped += 1
+        }
+        let data = tmp.sub("cache-a/\(hex).data")
+        let size = (try FileManager.default.attributesOfItem(atPath: data)[.size] as? Int) ?? 0
+        for offset in stride(from: 100, to: size, by: 4096 * 7) { try flipByte(data, at: UInt64(offset)); flipped += 1 }
+        #expect(flipped > 0)
+        let peer = try Peer(cache: tmp.sub("cache-a"), tokenFile: tokenFile, log: tmp.sub("peer.log"))
+        let hostsDir = try Self.peerHosts(tmp, origin: origin, peer: peer, token: token)
+        try MirrorIntegrationTests.mount(tmp, ref, label: "b", hostsDir: hostsDir)
+        try expectSameTree(tmp.sub("kernel"), tmp.sub("mp-b"), "node B's mount past a lying peer")
+        let b = try MirrorIntegrationTests.sources(tmp, tmp.sub("mp-b"))
+        #expect((b["mirror"]?["rejected"] as? Int ?? 0) >= 1, "\(b)")
+        #expect((b["mirror"]?["state"] as? String) == "blocked", "\(b)")
+        #expect((b["origin"]?["bytes"] as? Int ?? 0) > 0, "\(b)")
+        let stats = try tmp.kangaroo(["image", "stats", "--json", tmp.sub("mp-b")])
+        #expect(stats.stdout.contains("\"verificationFailures\" : 0"), "\(stats.stdout)")
+        try tmp.kangaroo(["image", "umount", tmp.sub("mp-b")])
+        // B's cache holds only verified bytes: its kernel mount equals the image.
+        let again = try run(TestEnv.kangaroo, ["image", "mount", "--daemon", "--mode", "kernel", "--cache", tmp.sub("cache-b"),
+                                                "--store", tmp.sub("store-b"), ref, tmp.sub("mp-b")],
+                            env: ["KANGAROO_RUN_DIR": tmp.runDir], check: false)
+        if again.status == 0 {
+            try expectSameTree(tmp.sub("kernel"), tmp.sub("mp-b"), "node B's cache after the lying peer, by the kernel")
+            try tmp.kangaroo(["image", "umount", tmp.sub("mp-b")])
+        } else {
+            #expect(again.stderr.contains("complete"), "\(again.stderr)")
+        }
+    }
+
+    @Test("kangaroo peer refuses to start without a token choice, with a short token, or a missing cache")
+    func peerArguments() throws {
+        let tmp = try MountTemp("peer-args")
+        try FileManager.default.createDirectory(atPath: tmp.sub("cache"), withIntermediateDirectories: true)
+        let none = try run(TestEnv.kangaroo, ["peer", "--cache", tmp.sub("cache"), "--listen", "127.0.0.1:0"], check: false)
+        #expect(none.status != 0 && none.stderr.contains("--token-file"), "\(none.stderr)")
+        try "short".write(toFile: tmp.sub("t"), atomically: true, encoding: .utf8)
+        let short = try run(TestEnv.kangaroo, ["peer", "--cache", tmp.sub("cache"), "--listen", "127.0.0.1:0",
+                                               "--token-file", tmp.sub("t")], check: false)
+        #expect(short.status != 0 && short.stderr.contains("at least 16"), "\(short.stderr)")
+        let missing = try run(TestEnv.kangaroo, ["peer", "--cache", tmp.sub("nope"), "--listen", "127.0.0.1:0", "--no-auth"], check: false)
+        #expect(missing.status != 0 && missing.stderr.contains("not a directory"), "\(missing.stderr)")
+    }
+}
