@@ -15,14 +15,17 @@ public struct ProcessImageMounter: ImageMounter {
     public let store: String
     /// The node's chunk cache, shared by every image (files per blob digest).
     public let cache: String
+    /// More options of every mount (registry mirrors, compressed chunks kept).
+    public let options: [String]
     public let reaper: Reaper?
     public let keeper: FUSEKeeper
     let logger: Logger
 
-    public init(executable: String, store: String, cache: String, reaper: Reaper?, logger: Logger) {
+    public init(executable: String, store: String, cache: String, options: [String] = [], reaper: Reaper?, logger: Logger) {
         self.executable = executable
         self.store = store
         self.cache = cache
+        self.options = options
         self.reaper = reaper
         self.logger = logger
         keeper = FUSEKeeper(executable: executable, logger: logger)
@@ -31,7 +34,7 @@ public struct ProcessImageMounter: ImageMounter {
     /// The arguments of a server for `reference` at `mountPoint` (without
     /// --daemon).
     func serverArguments(_ reference: String, _ mountPoint: String) -> [String] {
-        ["image", "mount", "--store", store, "--quiet", "--cache", cache, "--failover", reference, mountPoint]
+        ["image", "mount", "--store", store, "--quiet", "--cache", cache, "--failover"] + options + [reference, mountPoint]
     }
 
     public func mount(reference: String, image: String, at mountPoint: String) async throws {

@@ -1,13 +1,16 @@
 import ArgumentParser
 import Dispatch
 import Foundation
+import KangarooChunks
 import KangarooLazyFS
+import KangarooNetwork
+import KangarooNode
+import KangarooOCI
+import KangarooP2P
 import KangarooShim
 import KangarooSnapshotter
 import KangarooSystem
 import Logging
-import KangarooNetwork
-import KangarooNode
 import ServiceLifecycle
 
 /// `kangaroo node`: the node daemon (`node run`, the default) and `node
@@ -69,6 +72,15 @@ struct NodeRun: AsyncParsableCommand {
     var disks = NodeCommand.env["KANGAROO_NODE_DISKS"] == "1"
     @OptionGroup var diskOptions: DiskOptions
 
+    @Option(name: .long, help: ArgumentHelp("Registry mirrors of the lazy mounts: DIR/<registry host>/hosts.toml, containerd's format (default: $KANGAROO_HOSTS_DIR or /etc/kangaroo/certs.d).", valueName: "dir"))
+    var hostsDir: String = env["KANGAROO_HOSTS_DIR"] ?? RegistryHosts.defaultDirectory
+
+    @Option(name: .long, help: ArgumentHelp("Serve the node's chunk cache to other nodes on HOST:PORT (kangaroo peer; the lazy mounts then keep compressed chunks too; default: $KANGAROO_NODE_PEER).", valueName: "host:port"))
+    var peerListen: String? = env["KANGAROO_NODE_PEER"]
+
+    @Option(name: .long, help: ArgumentHelp("The cluster token the peer's clients present (needed with --peer-listen; default: $KANGAROO_NODE_PEER_TOKEN_FILE).", valueName: "file"))
+    var peerTokenFile: String? = env["KANGAROO_NODE_PEER_TOKEN_FILE"]
+
     @Flag(inversion: .prefixedNo, help: "Run the daemon under a supervisor that keeps containerd's connections and the containers' exits across a daemon crash and restarts it.")
     var supervise = true
 
@@ -83,6 +95,11 @@ struct NodeRun: AsyncParsableCommand {
             throw CLIError("node: --shim-socket none and --snapshotter-socket none: nothing to serve")
         }
         let metricsAddress = try metrics.map { try parseHostPort($0, option: "--metrics") }
+        let peer = try peerListen.map { listen -> PeerServer.Configuration in
+            let address = try parseHostPort(listen, option: "--peer-listen")
+            guard let file = peerTokenFile else { throw CLIError("node: --peer-listen needs --peer-token-file (the cluster token)") }
+            return PeerServer.Configuration(host: address.host, port: Int(address.port), token: try readClusterToken(file))
+        }
         let networks: [NetworkConfig]
         do { networks = try network.map { p throws(NetworkError) in try NetworkConfig.load(p) } } catch {
             throw CLIError("node: --network: \(error)")
@@ -97,6 +114,9 @@ struct NodeRun: AsyncParsableCommand {
                         "--log-level", logLevel, "--lazy-mount", lazyMount]
             if let events { args += ["--events", events] }
             if let metrics { args += ["--metrics", metrics] }
+            args += ["--hosts-dir", hostsDir]
+            if let peerListen { args += ["--peer-listen", peerListen] }
+            if let peerTokenFile { args += ["--peer-token-file", peerTokenFile] }
             for n in network { args += ["--network", n] }
             if disks {
                 args += ["--disks", "--disk-file", diskOptions.diskFile, "--disk-node-size", diskOptions.diskNodeSize,
@@ -137,7 +157,7 @@ struct NodeRun: AsyncParsableCommand {
         let diskConfig = disks ? try diskOptions.config() : nil
         let tasks = TaskService(stateRoot: state, events: publisher, reaper: reaper, logger: logger, consoleKeeper: link?.consoleKeeper,
                                 disks: diskConfig.map { SandboxDisks(pool: $0, stateRoot: state) })
-        let snapshots = try await startSnapshotter(reaper: reaper, mountPolicy: mountPolicy, logger: logger)
+        let snapshots = try await startSnapshotter(reaper: reaper, mountPolicy: mountPolicy, keepCompressed: peer != nil, logger: logger)
         let requests = TTRPCRequestStats()
         let status = NodeStatusService(tasks: tasks, keeper: snapshots?.keeper, root: root, socket: shimSocket,
                                        supervisorPID: link == nil ? nil : getppid(), generation: workerGeneration, requests: requests,
@@ -192,6 +212,10 @@ struct NodeRun: AsyncParsableCommand {
         if let snapshots { services.append(SnapshotterServerService(server: snapshots.server, task: snapshots.task)) }
         if !networks.isEmpty { services.append(NetworkPoolService(configs: networks, logger: logger)) }
         if let diskConfig { services.append(DiskPoolService(config: diskConfig, logger: logger)) }
+        if let peer {
+            let cache = CacheReader(directory: root + "/cache")
+            services.append(PeerService(server: PeerServer(reader: cache, configuration: peer, logger: logger)))
+        }
         let group = ServiceGroup(configuration: .init(services: services.map { .init(service: $0) },
                                                       gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
@@ -236,10 +260,12 @@ struct SnapshotterServerService: Service {
 extension NodeRun {
     /// The snapshotter's store under ROOT/snapshotter, its lazy mounts made by
     /// this executable, served on the snapshotter socket.
-    func startSnapshotter(reaper: Reaper, mountPolicy: SnapshotStore.MountPolicy, logger: Logger) async throws -> (server: SnapshotServer, task: Task<Void, any Error>, keeper: FUSEKeeper)? {
+    func startSnapshotter(reaper: Reaper, mountPolicy: SnapshotStore.MountPolicy, keepCompressed: Bool, logger: Logger) async throws -> (server: SnapshotServer, task: Task<Void, any Error>, keeper: FUSEKeeper)? {
         guard snapshotterSocket != "none" else { return nil }
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        let mounter = ProcessImageMounter(executable: exe, store: root + "/store", cache: root + "/cache", reaper: reaper, logger: logger)
+        let mountOptions = ["--hosts-dir", hostsDir] + (keepCompressed ? ["--keep-compressed"] : [])
+        let mounter = ProcessImageMounter(executable: exe, store: root + "/store", cache: root + "/cache", options: mountOptions,
+                                          reaper: reaper, logger: logger)
         let store: SnapshotStore
         do { store = try SnapshotStore(root: root + "/snapshotter", mounter: mounter, mountPolicy: mountPolicy, logger: logger) } catch {
             throw CLIError("node: \(error)")

@@ -151,6 +151,42 @@ final class SnapshotterTests {
         #expect(mounts(below: node.path) == 0, "\(procText("/proc/self/mountinfo") ?? "")")
     }
 
+    @Test("a node daemon with --peer-listen serves the chunks its lazy mounts fetched, as the registry has them, to token holders only")
+    func nodeServesItsCacheToPeers() throws {
+        let peerNode = try TempDir("snap-peer-node")
+        let port = try TestRegistry.freePort()
+        let token = String(repeating: "t0k3n", count: 5)
+        try token.write(toFile: peerNode.sub("token"), atomically: true, encoding: .utf8)
+        let peerContainerd = try TestContainerd.forKangaroo(node: peerNode, snapshotter: true, daemonEnvironment: [
+            "KANGAROO_NODE_PEER": "127.0.0.1:\(port)", "KANGAROO_NODE_PEER_TOKEN_FILE": peerNode.sub("token"),
+            "KANGAROO_HOSTS_DIR": peerNode.sub("no-hosts"),
+        ])
+        defer { tearDownNode(peerNode, containerd: peerContainerd) }
+        let registry = try TestRegistry()
+        let store = try TempDir("snap-peer-store")
+        let ref = "\(registry.host)/lazy/sample:kangaroo"
+        try run(TestEnv.kangaroo, ["image", "convert", "--quiet", "--store", store.path, "oci:\(TestEnv.images)/sample:latest", ref], check: true)
+        let pull = try run("/usr/bin/ctr-remote", peerContainerd.ctr + ["image", "rpull", "--plain-http", "--snapshotter", "kangaroo", ref])
+        #expect(pull.status == 0, "\(pull.output)")
+        let run1 = try run("/usr/bin/ctr", peerContainerd.ctr + ["run", "--rm"] + kangaroo + [ref, "peer-probe", "sh", "-c", probe])
+        #expect(run1.status == 0, "\(run1.output)")
+        // The mount process kept compressed chunks for the peer (--keep-compressed).
+        let cache = peerNode.sub("root/cache")
+        let held = try cachedChunks(cache).flatMap { hex, chunks in chunks.filter(\.held).map { (hex, $0) } }
+        let compressedHeld = held.filter { $0.1.compression != 0 }
+        #expect(!compressedHeld.isEmpty, "no compressed chunk held with its compressed bytes: \(held.count) held")
+        for (hex, chunk) in (compressedHeld + held).prefix(4) {
+            let url = "/v2/lazy/sample/blobs/sha256:\(hex)"
+            let range = "Range: bytes=\(chunk.offset)-\(chunk.range.upperBound - 1)"
+            let a = try run("bash", ["-c", "set -o pipefail; curl -sf -H 'Authorization: Bearer \(token)' -H '\(range)' http://127.0.0.1:\(port)\(url) | sha256sum"])
+            let b = try run("bash", ["-c", "set -o pipefail; curl -sfL -H '\(range)' http://\(registry.host)\(url) | sha256sum"])
+            #expect(a.status == 0 && b.status == 0 && a.stdout == b.stdout, "\(hex) \(range): \(a.output) \(b.output)")
+            let stranger = try run("curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", range, "http://127.0.0.1:\(port)\(url)"])
+            #expect(stranger.stdout == "401")
+        }
+        #expect(try run("/usr/bin/ctr", peerContainerd.ctr + ["images", "rm", "--sync", ref]).status == 0)
+    }
+
     @Test("a plain `ctr pull` of a Kangaroo image (no labels, layers applied as tars) fails and leaves nothing once the image is removed")
     func plainPullOfAKangarooImageFails() throws {
         let registry = try TestRegistry()

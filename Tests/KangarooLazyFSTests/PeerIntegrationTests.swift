@@ -82,22 +82,10 @@ struct PeerIntegrationTests {
         return dir
     }
 
-    /// The first entries of a blob's chunk table in a cache (`.toc`):
-    /// (compressed offset, compressed size, compression).
-    static func tocEntries(_ cache: String) throws -> (hex: String, entries: [(UInt64, UInt32, UInt8)]) {
-        let names = try FileManager.default.contentsOfDirectory(atPath: cache).filter { $0.hasSuffix(".toc") }.sorted()
-        var best: (String, [(UInt64, UInt32, UInt8)]) = ("", [])
-        for name in names {
-            let bytes = try #require(FileManager.default.contents(atPath: cache + "/" + name)).map { $0 }
-            func u(_ at: Int, _ n: Int) -> UInt64 { (0..<n).reduce(0) { $0 | UInt64(bytes[at + $1]) << (8 * $1) } }
-            let count = Int(u(8, 8))
-            let entries = (0..<count).map { i -> (UInt64, UInt32, UInt8) in
-                let at = 16 + i * 21
-                return (u(at, 8), UInt32(u(at + 8, 4)), bytes[at + 20])
-            }
-            if entries.count > best.1.count { best = (String(name.dropLast(4)), entries) }
-        }
-        return best
+    /// The blob of `cache` with the most chunks, and its chunk table.
+    static func tocEntries(_ cache: String) throws -> (hex: String, entries: [CachedChunk]) {
+        let best = try cachedChunks(cache).max { $0.value.count < $1.value.count }
+        return (best?.key ?? "", best?.value ?? [])
     }
 
     @Test("a node mounts an image from a peer's cache; plain clients read its ranges as the registry's; no token, no data")
@@ -109,9 +97,9 @@ struct PeerIntegrationTests {
 
         // A plain HTTP client: the peer's bytes for a range of whole chunks are the registry's.
         let (hex, entries) = try Self.tocEntries(tmp.sub("cache-a"))
-        #expect(entries.count >= 3, "\(entries.count) chunks")
-        let end = entries[2].0 + UInt64(entries[2].1)
-        let range = "bytes=\(entries[0].0)-\(end - 1)"
+        #expect(entries.count >= 3 && entries.prefix(3).allSatisfy(\.held), "\(entries.count) chunks")
+        let end = entries[2].range.upperBound
+        let range = "bytes=\(entries[0].offset)-\(end - 1)"
         let url = "/v2/mirrored/sample/blobs/sha256:\(hex)"
         let fromPeer = try run("curl", ["-sf", "-H", "Authorization: Bearer \(token)", "-H", "Range: \(range)",
                                         "-o", tmp.sub("from-peer"), "-w", "%{http_code}", "http://\(peer.address)\(url)"])
@@ -119,9 +107,9 @@ struct PeerIntegrationTests {
                                             "http://\(origin.host)\(url)"])
         #expect(fromPeer.stdout == "206" && fromRegistry.status == 0, "\(fromPeer.output) \(fromRegistry.output)")
         let peerBytes = FileManager.default.contents(atPath: tmp.sub("from-peer"))
-        #expect(peerBytes != nil && peerBytes?.count == Int(end - entries[0].0))
+        #expect(peerBytes != nil && peerBytes?.count == Int(end - entries[0].offset))
         #expect(peerBytes == FileManager.default.contents(atPath: tmp.sub("from-registry")))
-        // Half a chunk at the start is served too; a blob it lacks is not.
+        // A blob it does not hold: 404, the client asks its next host.
         let unknown = try run("curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Authorization: Bearer \(token)",
                                        "-H", "Range: bytes=0-10", "http://\(peer.address)/v2/x/blobs/sha256:\(String(repeating: "ab", count: 32))"])
         #expect(unknown.stdout == "404")
@@ -130,7 +118,7 @@ struct PeerIntegrationTests {
             let r = try run("curl", ["-s", "-o", tmp.sub("stranger"), "-w", "%{http_code}", "-H", "Range: \(range)"] + header
                             + ["http://\(peer.address)\(url)"])
             #expect(r.stdout == "401", "\(header): \(r.stdout)")
-            #expect(!((FileManager.default.contents(atPath: tmp.sub("stranger")) ?? Data()).count >= Int(end - entries[0].0)))
+            #expect(!((FileManager.default.contents(atPath: tmp.sub("stranger")) ?? Data()).count >= Int(end - entries[0].offset)))
         }
         let ping = try run("curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://\(peer.address)/v2/"])
         #expect(ping.stdout == "401")
@@ -158,8 +146,8 @@ struct PeerIntegrationTests {
         let (hex, entries) = try Self.tocEntries(tmp.sub("cache-a"))
         let packed = tmp.sub("cache-a/\(hex).packed")
         var flipped = 0
-        for entry in entries where entry.2 != 0 && FileManager.default.fileExists(atPath: packed) {
-            try flipByte(packed, at: entry.0 + UInt64(entry.1 / 2))
+        for entry in entries where entry.compression != 0 && FileManager.default.fileExists(atPath: packed) {
+            try flipByte(packed, at: entry.offset + UInt64(entry.size / 2))
             flipped += 1
         }
         let data = tmp.sub("cache-a/\(hex).data")

@@ -172,3 +172,42 @@ public func flipByte(_ path: String, at offset: UInt64) throws {
     try h.seek(toOffset: offset)
     try h.write(contentsOf: Data([b ^ 0x01]))
 }
+
+/// One entry of a chunk cache's chunk table (`<hex>.toc`, CacheLayout in
+/// KangarooChunks), read the way a peer would: `held` when its `.bitmap`
+/// bits are set and, for a compressed chunk, its `.pmap` bit.
+public struct CachedChunk: Sendable {
+    public let offset: UInt64
+    public let size: UInt32
+    public let uncompressedSize: UInt32
+    public let blockAddress: UInt32
+    public let compression: UInt8
+    public let held: Bool
+    public var range: Range<UInt64> { offset..<(offset + UInt64(size)) }
+}
+
+/// The chunk tables of every blob in `cache`, by blob hex digest.
+public func cachedChunks(_ cache: String) throws -> [String: [CachedChunk]] {
+    var out: [String: [CachedChunk]] = [:]
+    let names = try FileManager.default.contentsOfDirectory(atPath: cache).filter { $0.hasSuffix(".toc") }
+    for name in names {
+        let hex = String(name.dropLast(4))
+        let toc = try #require(FileManager.default.contents(atPath: cache + "/" + name)).map { $0 }
+        let bitmap = (FileManager.default.contents(atPath: cache + "/" + hex + ".bitmap") ?? Data()).map { $0 }
+        let pmap = (FileManager.default.contents(atPath: cache + "/" + hex + ".pmap") ?? Data()).map { $0 }
+        func u(_ at: Int, _ n: Int) -> UInt64 { (0..<n).reduce(0) { $0 | UInt64(toc[at + $1]) << (8 * $1) } }
+        func bit(_ bytes: [UInt8], _ i: UInt64) -> Bool { Int(i / 8) < bytes.count && bytes[Int(i / 8)] & (1 << UInt8(i % 8)) != 0 }
+        let count = Int(u(8, 8))
+        #expect(toc.count == 16 + count * 21, "\(name): \(toc.count) bytes for \(count) entries")
+        out[hex] = (0..<count).map { i in
+            let at = 16 + i * 21
+            let size = UInt32(u(at + 8, 4)), uncompressed = UInt32(u(at + 12, 4)), block = UInt32(u(at + 16, 4))
+            let compression = toc[at + 20]
+            let blocks = UInt64(block)..<(UInt64(block) + max(1, (UInt64(uncompressed) + 4095) / 4096))
+            let held = blocks.allSatisfy { bit(bitmap, $0) } && (compression == 0 || bit(pmap, UInt64(i)))
+            return CachedChunk(offset: u(at, 8), size: size, uncompressedSize: uncompressed, blockAddress: block,
+                               compression: compression, held: held)
+        }
+    }
+    return out
+}
