@@ -73,6 +73,7 @@ let package = Package(
         ]),
         .target(name: "KangarooP2P", dependencies: [
             "KangarooChunks", "KangarooOCI",
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -10,13 +10,24 @@ public protocol BlobSource: Sendable {
     /// A source with several hosts gives bytes `accept` rejects to no one
     /// (see `ChunkSource.read(blob:range:accept:)`).
     func read(_ digest: Digest, range: Range<UInt64>, accept: ([UInt8]) -> Bool) throws(ChunksError) -> [UInt8]
+    /// Told once the chunks of `range` are in this node's cache (a P2P
+    /// source announces them); a requirement, so that calls through an
+    /// existential reach the conforming type's version.
+    func stored(_ digest: Digest, range: Range<UInt64>)
 }
 
 extension BlobSource {
     public func read(_ digest: Digest, range: Range<UInt64>) throws(ChunksError) -> [UInt8] {
         try read(digest, range: range, accept: { _ in true })
     }
+
+    /// Told once the chunks of `range` are in this node's cache; nothing by default.
+    public func stored(_ digest: Digest, range: Range<UInt64>) {}
 }
+
+/// A source that checks bytes with `accept` itself and returns only bytes
+/// `accept` took (a P2P source, which knows which parent to blame).
+public protocol SelfVerifyingBlobSource: BlobSource {}
 
 /// What one host has delivered so far (`kangaroo image stats`, metrics).
 public struct SourceStats: Codable, Sendable, Equatable {
@@ -63,6 +74,11 @@ public final class BlobChunkSource: ChunkSource, SourceReporting {
             throw ChunksError(.invalidArgument, "blob index \(blob) is not in the image's blob table (\(digests.count) blobs)")
         }
         return try source.read(digests[blob], range: range, accept: accept)
+    }
+
+    public func stored(blob: Int, range: Range<UInt64>) {
+        guard digests.indices.contains(blob) else { return }
+        source.stored(digests[blob], range: range)
     }
 
     public func sourceStats() -> [SourceStats] {

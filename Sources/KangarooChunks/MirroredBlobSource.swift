@@ -38,10 +38,10 @@ public final class MirroredBlobSource: BlobSource, SourceReporting {
         let source: any BlobSource
         let state: Mutex<(health: Health, stats: SourceStats)>
 
-        init(host: RegistryHost, source: any BlobSource) {
+        init(host: RegistryHost, source: any BlobSource, role: String? = nil) {
             self.host = host
             self.source = source
-            state = Mutex((.up, SourceStats(name: host.url, role: host.isMirror ? "mirror" : "origin")))
+            state = Mutex((.up, SourceStats(name: host.url, role: role ?? (host.isMirror ? "mirror" : "origin"))))
         }
 
         /// Whether a request may use the host now (claims the probe).
@@ -70,9 +70,10 @@ public final class MirroredBlobSource: BlobSource, SourceReporting {
     static let maxBackoff = 60.0
     static let blockSeconds = 600.0
 
-    /// Hosts in the order they are tried, each with its source.
-    public init(_ hosts: [(RegistryHost, any BlobSource)], clients: [RegistryClient] = [], logger: Logger) {
-        entries = hosts.map { Entry(host: $0.0, source: $0.1) }
+    /// Hosts in the order they are tried, each with its source (and a
+    /// role for stats; by default mirror or origin).
+    public init(_ hosts: [(RegistryHost, any BlobSource, String?)], clients: [RegistryClient] = [], logger: Logger) {
+        entries = hosts.map { Entry(host: $0.0, source: $0.1, role: $0.2) }
         self.clients = clients
         self.logger = logger
     }
@@ -80,20 +81,27 @@ public final class MirroredBlobSource: BlobSource, SourceReporting {
     /// The pull hosts of `hosts` for `repository`: mirrors answer within
     /// their `timeout` (default `mirrorTimeout`), the registry within
     /// `timeout`. Call `shutdown()` when done.
+    /// `peers` (a P2P source, named for stats) go first.
     public static func registry(_ hosts: RegistryHosts, repository: String, credentials: RegistryClient.Credentials?,
                                 timeout: Duration, mirrorTimeout: Duration, retries: Int,
+                                peers: (name: String, source: any BlobSource)? = nil,
                                 logger: Logger) throws(ChunksError) -> MirroredBlobSource {
         let pull = hosts.hosts(for: .pull)
         guard !pull.isEmpty else {
             throw ChunksError(.exhausted, "\(hosts.path ?? "the registry hosts") names no host with the pull capability for \(hosts.registry)")
         }
         var clients: [RegistryClient] = []
-        var sources: [(RegistryHost, any BlobSource)] = []
+        var sources: [(RegistryHost, any BlobSource, String?)] = []
+        if let peers {
+            var host = RegistryHost.peerPlaceholder
+            host.host = peers.name
+            sources.append((host, peers.source, "peer"))
+        }
         for host in pull {
             let limit = host.timeout ?? (host.isMirror ? mirrorTimeout : timeout)
             let client = host.client(credentials: credentials, timeout: limit, retries: retries, logger: logger)
             clients.append(client)
-            sources.append((host, RegistryBlobSource(client: client, repository: repository, timeout: limit)))
+            sources.append((host, RegistryBlobSource(client: client, repository: repository, timeout: limit), nil))
         }
         return MirroredBlobSource(sources, clients: clients, logger: logger)
     }
@@ -139,11 +147,18 @@ public final class MirroredBlobSource: BlobSource, SourceReporting {
         throw ChunksError(.exhausted, "bytes \(range) of \(digest): every host failed: " + failures.joined(separator: "; "))
     }
 
+    public func stored(_ digest: Digest, range: Range<UInt64>) {
+        for entry in entries { entry.source.stored(digest, range: range) }
+    }
+
     private func attempt(_ entry: Entry, _ digest: Digest, _ range: Range<UInt64>, _ accept: ([UInt8]) -> Bool,
                          _ failures: inout [String], _ rejected: inout [UInt8]?) -> [UInt8]? {
         do {
-            let bytes = try entry.source.read(digest, range: range)
-            guard accept(bytes) else {
+            // A self-verifying source returns only accepted bytes.
+            let selfVerifying = entry.source is any SelfVerifyingBlobSource
+            let bytes = selfVerifying ? try entry.source.read(digest, range: range, accept: accept)
+                                      : try entry.source.read(digest, range: range)
+            guard selfVerifying || accept(bytes) else {
                 entry.state.withLock { s in
                     s.stats.requests += 1
                     s.stats.rejected += 1

@@ -108,9 +108,15 @@ public protocol ChunkSource: Sendable {
     /// one, it takes that host out of use and asks the next. Bytes the last
     /// host gives are returned whether accepted or not (the caller reports).
     func read(blob: Int, range: Range<UInt64>, accept: ([UInt8]) -> Bool) throws -> [UInt8]
+    /// Told once the chunks making up `range` of blob `blob` are in the cache.
+    func stored(blob: Int, range: Range<UInt64>)
 }
 
 extension ChunkSource {
+    /// Told once the chunks making up `range` of blob `blob` are in the
+    /// cache (a P2P source announces them); nothing by default.
+    public func stored(blob: Int, range: Range<UInt64>) {}
+
     /// One host: nothing to fall back on.
     public func read(blob: Int, range: Range<UInt64>, accept: ([UInt8]) -> Bool) throws -> [UInt8] {
         try read(blob: blob, range: range)

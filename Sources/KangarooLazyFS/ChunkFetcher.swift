@@ -256,6 +256,7 @@ public final class ChunkFetcher: Sendable {
             try cache.store(verified)
             counters.update { $0.chunksFetched += UInt64(verified.count) }
             for item in verified { results[item.index] = .success(()) }
+            if failed.isEmpty { source.stored(blob: blob, range: low..<high) }
         } catch {
             logger.error("lazyfs: storing \(verified.count) chunks of blob \(blobName) in the cache failed: \(error)")
             counters.update { $0.errors += 1 }

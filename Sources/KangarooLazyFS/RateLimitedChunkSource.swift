@@ -36,6 +36,8 @@ public final class RateLimitedChunkSource: ChunkSource, SourceReporting {
         return try inner.read(blob: blob, range: range, accept: accept)
     }
 
+    public func stored(blob: Int, range: Range<UInt64>) { inner.stored(blob: blob, range: range) }
+
     public func sourceStats() -> [SourceStats] {
         (inner as? any SourceReporting)?.sourceStats() ?? []
     }

@@ -28,7 +28,11 @@ public struct RegistryHost: Sendable, Equatable, CustomStringConvertible {
     /// False for the registry itself (`server`), true for a mirror.
     public var isMirror: Bool
 
-    public var url: String { "\(scheme)://\(host)\(apiPath)" }
+    public var url: String { scheme == "p2p" ? "p2p://\(host)" : "\(scheme)://\(host)\(apiPath)" }
+
+    /// Not a host: what names a P2P source among the hosts (`p2p://trackers`).
+    public static let peerPlaceholder = RegistryHost(scheme: "p2p", host: "trackers", apiPath: "", capabilities: [.pull],
+                                                     tls: .init(), headers: [], timeout: nil, isMirror: true)
     public var description: String { url }
 
     /// A client for this host. Mirrors get no credentials (the origin's are

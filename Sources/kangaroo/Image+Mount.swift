@@ -4,6 +4,7 @@ import KangarooChunks
 import KangarooImage
 import KangarooLazyFS
 import KangarooOCI
+import KangarooP2P
 import Logging
 
 extension ImageCommand {
@@ -43,6 +44,12 @@ extension ImageCommand {
         @Option(help: "Serve Prometheus metrics on HOST:PORT (GET /metrics; an IPv4 address, e.g. 127.0.0.1:9464).")
         var metrics: String?
         @Option(help: "Record the files opened, in first-access order, into this prefetch list file.") var trace: String?
+        @Option(help: "Trackers to find chunks on other nodes with (HOST:PORT,...; needs --peer-address and --peer-token-file, implies --keep-compressed).")
+        var trackers: String?
+        @Option(help: "Where other nodes reach this node's peer (kangaroo peer on the same --cache), HOST:PORT.")
+        var peerAddress: String?
+        @Option(help: "The cluster token file (peers and trackers).") var peerTokenFile: String?
+        @Option(help: "Seconds a read waits for a seed or parent before it goes to the registry.") var peerWait: Double = 2
         @Flag(help: "Keep the compressed bytes of compressed chunks in the cache too, so that `kangaroo peer` can serve them to other nodes (costs their size on disk).")
         var keepCompressed = false
         @Flag(help: "Let a keeper (the node daemon) hold the FUSE connection, so that a new server can take the mount over if this one dies (no io_uring).")
@@ -115,7 +122,7 @@ extension ImageCommand {
                 mountOptions.fetch.deadline = .milliseconds(Int64(deadline * 1000))
                 mountOptions.fetch.retries = max(0, retries)
                 mountOptions.fetch.mergeGap = UInt64(gap)
-                mountOptions.fetch.keepCompressed = keepCompressed
+                mountOptions.fetch.keepCompressed = keepCompressed || trackers != nil
                 mountOptions.tracePath = trace.map(MountControl.normalize)
                 mountOptions.statsPath = MountControl.statsPath(mountPoint)
                 mountOptions.metricsAddress = metricsAddress
@@ -163,11 +170,16 @@ extension ImageCommand {
                 let image = try KangarooImage.load(from: store, descriptor: descriptor)
                 // Chunks by blob digest from the registry's mirrors, then the registry.
                 let creds = try options.credentials().map { RegistryClient.Credentials(username: $0.username, password: $0.password) }
+                let peers = try peerSource(logger: logger)
                 let blobs = try MirroredBlobSource.registry(
                     try options.registryHosts(for: ref, logger: logger), repository: ref.repository, credentials: creds,
                     timeout: .milliseconds(Int64(deadline * 1000)), mirrorTimeout: .milliseconds(Int64(mirrorTimeout * 1000)),
-                    retries: options.registryRetries, logger: logger)
-                return (image, BlobChunkSource(blobs, image: image), { await blobs.shutdown() })
+                    retries: options.registryRetries, peers: peers.map { ("trackers \($0.ring.trackers.joined(separator: ","))", $0) },
+                    logger: logger)
+                return (image, BlobChunkSource(blobs, image: image), {
+                    await blobs.shutdown()
+                    await peers?.shutdown()
+                })
             case .store(let name):
                 let store = try options.openStore()
                 let image = try KangarooImage.load(from: store, tag: storeTag(name))
@@ -177,6 +189,27 @@ extension ImageCommand {
                 let image = try KangarooImage.load(from: layout, tag: tag)
                 return (image, LayoutChunkSource(layout: layout, image: image), nil)
             }
+        }
+
+        /// The P2P source of --trackers, if given.
+        func peerSource(logger: Logger) throws -> PeerBlobSource? {
+            guard let trackers else {
+                guard peerAddress == nil, peerTokenFile == nil else { throw CLIError("--peer-address and --peer-token-file go with --trackers") }
+                return nil
+            }
+            let list = trackers.split(separator: ",").map(String.init)
+            for t in list { _ = try parseHostPort(t, option: "--trackers") }
+            guard !list.isEmpty else { throw CLIError("--trackers '\(trackers)' names no HOST:PORT") }
+            guard let peerAddress, let peerTokenFile else { throw CLIError("--trackers needs --peer-address (where this node's peer listens) and --peer-token-file") }
+            let address = try parseHostPort(peerAddress, option: "--peer-address")
+            guard address.host != "0.0.0.0", address.port != 0 else {
+                throw CLIError("--peer-address \(peerAddress) must be an address and port other nodes can reach")
+            }
+            guard peerWait > 0, peerWait <= 60 else { throw CLIError("--peer-wait \(peerWait) is not between 0 and 60 seconds") }
+            var configuration = PeerBlobSource.Configuration(trackers: list, selfAddress: peerAddress, token: try readClusterToken(peerTokenFile),
+                                                             cacheDirectory: MountControl.normalize(cache))
+            configuration.wait = .milliseconds(Int64(peerWait * 1000))
+            return PeerBlobSource(configuration, logger: logger)
         }
 
         /// Re-runs this command without --daemon in a new session and returns

@@ -8,7 +8,7 @@ struct Kangaroo: AsyncParsableCommand {
         abstract: "Serverless container node stack: lazy images, P2P distribution, a lean runtime.",
         version: "0.1.0",
         subcommands: [ImageCommand.self, RunCommand.self, Ps.self, Stop.self, Rm.self, NodeCommand.self, NetworkCommand.self, DiskCommand.self,
-                      PeerCommand.self]
+                      PeerCommand.self, TrackerCommand.self]
     )
 }
 

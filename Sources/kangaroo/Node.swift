@@ -81,6 +81,9 @@ struct NodeRun: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The cluster token the peer's clients present (needed with --peer-listen; default: $KANGAROO_NODE_PEER_TOKEN_FILE).", valueName: "file"))
     var peerTokenFile: String? = env["KANGAROO_NODE_PEER_TOKEN_FILE"]
 
+    @Option(name: .long, help: ArgumentHelp("Trackers (HOST:PORT,...) through which the lazy mounts get chunks from other nodes and announce theirs (needs --peer-listen on an address other nodes reach; default: $KANGAROO_NODE_TRACKERS).", valueName: "list"))
+    var trackers: String? = env["KANGAROO_NODE_TRACKERS"]
+
     @Flag(inversion: .prefixedNo, help: "Run the daemon under a supervisor that keeps containerd's connections and the containers' exits across a daemon crash and restarts it.")
     var supervise = true
 
@@ -100,6 +103,11 @@ struct NodeRun: AsyncParsableCommand {
             guard let file = peerTokenFile else { throw CLIError("node: --peer-listen needs --peer-token-file (the cluster token)") }
             return PeerServer.Configuration(host: address.host, port: Int(address.port), token: try readClusterToken(file))
         }
+        if trackers != nil {
+            guard let peer, peer.host != "0.0.0.0", peer.port != 0 else {
+                throw CLIError("node: --trackers needs --peer-listen on an address and port other nodes reach (not 0.0.0.0 or port 0)")
+            }
+        }
         let networks: [NetworkConfig]
         do { networks = try network.map { p throws(NetworkError) in try NetworkConfig.load(p) } } catch {
             throw CLIError("node: --network: \(error)")
@@ -117,6 +125,7 @@ struct NodeRun: AsyncParsableCommand {
             args += ["--hosts-dir", hostsDir]
             if let peerListen { args += ["--peer-listen", peerListen] }
             if let peerTokenFile { args += ["--peer-token-file", peerTokenFile] }
+            if let trackers { args += ["--trackers", trackers] }
             for n in network { args += ["--network", n] }
             if disks {
                 args += ["--disks", "--disk-file", diskOptions.diskFile, "--disk-node-size", diskOptions.diskNodeSize,
@@ -263,7 +272,10 @@ extension NodeRun {
     func startSnapshotter(reaper: Reaper, mountPolicy: SnapshotStore.MountPolicy, keepCompressed: Bool, logger: Logger) async throws -> (server: SnapshotServer, task: Task<Void, any Error>, keeper: FUSEKeeper)? {
         guard snapshotterSocket != "none" else { return nil }
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        let mountOptions = ["--hosts-dir", hostsDir] + (keepCompressed ? ["--keep-compressed"] : [])
+        var mountOptions = ["--hosts-dir", hostsDir] + (keepCompressed ? ["--keep-compressed"] : [])
+        if let trackers, let peerListen, let peerTokenFile {
+            mountOptions += ["--trackers", trackers, "--peer-address", peerListen, "--peer-token-file", peerTokenFile]
+        }
         let mounter = ProcessImageMounter(executable: exe, store: root + "/store", cache: root + "/cache", options: mountOptions,
                                           reaper: reaper, logger: logger)
         let store: SnapshotStore

@@ -55,6 +55,51 @@ struct PeerCommand: AsyncParsableCommand {
     }
 }
 
+struct TrackerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tracker",
+        abstract: "Tell nodes which other nodes hold the chunks they need, and which node fetches a chunk first.",
+        discussion: """
+        Nodes (mounts with --trackers) announce the chunks they hold and ask where to get the ones they miss: \
+        a parent that holds them, or the seed role (fetch from the registry; the others wait for it). Run two \
+        or more; blobs map to trackers by consistent hashing with a replica. State is in memory. docs/P2P.md.
+        """)
+
+    @OptionGroup var options: GlobalOptions
+    @Option(help: "HOST:PORT to listen on (IPv4; port 0 picks one).") var listen: String = "0.0.0.0:5051"
+    @Option(help: "File holding the cluster token that requests must present.") var tokenFile: String?
+    @Flag(help: "Serve anyone, without a token (a network of trusted hosts only).") var noAuth = false
+    @Option(help: "Seconds a seed may take to announce a chunk before another node is made its seed.") var seedTimeout: Double = 5
+
+    func run() async throws {
+        let logger = options.makeLogger("kangaroo.tracker")
+        do {
+            let address = try parseHostPort(listen, option: "--listen")
+            guard (tokenFile != nil) != noAuth else { throw CLIError("give either --token-file (the cluster token) or --no-auth") }
+            guard seedTimeout > 0, seedTimeout <= 600 else { throw CLIError("--seed-timeout \(seedTimeout) is not between 0 and 600 seconds") }
+            let tracker = Tracker(host: address.host, port: Int(address.port), token: try tokenFile.map(readClusterToken),
+                                  seedTimeout: seedTimeout, logger: logger)
+            let group = ServiceGroup(configuration: .init(services: [.init(service: TrackerService(tracker: tracker, host: address.host))],
+                                                          gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            try await group.run()
+        } catch {
+            fail(error)
+        }
+    }
+}
+
+struct TrackerService: Service {
+    let tracker: Tracker
+    let host: String
+
+    func run() async throws {
+        let port = try await tracker.start()
+        FileHandle.standardOutput.write(Data("tracker listening on \(host):\(port)\n".utf8))
+        try? await gracefulShutdown()
+        await tracker.stop()
+    }
+}
+
 /// The cluster token in `path`: one line of at least 16 characters.
 func readClusterToken(_ path: String) throws -> String {
     guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {

@@ -50,3 +50,49 @@ func mountType(_ path: String) -> String? {
     }
     return found
 }
+
+/// A `kangaroo` server (peer, tracker) on 127.0.0.1 port 0: the port is
+/// read from the line starting with `marker` it prints. Killed at deinit.
+final class ListeningProcess: @unchecked Sendable {
+    let process = Process()
+    let port: Int
+    let log: String
+
+    init(_ arguments: [String], marker: String, log: String) throws {
+        self.log = log
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        process.executableURL = URL(fileURLWithPath: TestEnv.kangaroo)
+        process.arguments = arguments
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        var found: Int?
+        for _ in 0..<200 {
+            let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            if let line = text.split(separator: "\n").first(where: { $0.hasPrefix(marker) }),
+               let port = line.split(separator: ":").last.flatMap({ Int($0) }) {
+                found = port
+                break
+            }
+            usleep(25_000)
+        }
+        guard let found else {
+            process.terminate()
+            throw NSError(domain: "ListeningProcess", code: 1, userInfo: [NSLocalizedDescriptionKey:
+                "kangaroo \(arguments.first ?? "") did not start: \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")"])
+        }
+        port = found
+    }
+
+    var address: String { "127.0.0.1:\(port)" }
+
+    func stop() {
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+    }
+
+    deinit { stop() }
+}

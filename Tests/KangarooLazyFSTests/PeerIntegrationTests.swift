@@ -10,47 +10,10 @@ import Glibc
 @Suite("peer: a node's verified cache served to other nodes", .serialized,
        .enabled(if: TestEnv.enabled, "needs root and KANGAROO_INTEGRATION=1"))
 struct PeerIntegrationTests {
-    /// A `kangaroo peer` process; killed at deinit.
-    final class Peer {
-        let process = Process()
-        let port: Int
-        let log: String
-
-        init(cache: String, tokenFile: String?, log: String, extra: [String] = []) throws {
-            self.log = log
-            _ = FileManager.default.createFile(atPath: log, contents: nil)
-            let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-            process.executableURL = URL(fileURLWithPath: TestEnv.kangaroo)
-            process.arguments = ["peer", "--cache", cache, "--listen", "127.0.0.1:0", "--log-level", "info"]
-                + (tokenFile.map { ["--token-file", $0] } ?? ["--no-auth"]) + extra
-            process.standardOutput = handle
-            process.standardError = handle
-            try process.run()
-            var found: Int?
-            for _ in 0..<200 {
-                let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-                if let line = text.split(separator: "\n").first(where: { $0.hasPrefix("peer listening on ") }),
-                   let port = line.split(separator: ":").last.flatMap({ Int($0) }) {
-                    found = port
-                    break
-                }
-                usleep(25_000)
-            }
-            guard let found else {
-                process.terminate()
-                throw NSError(domain: "peer", code: 1, userInfo: [NSLocalizedDescriptionKey: "kangaroo peer did not start: \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")"])
-            }
-            port = found
-        }
-
-        var address: String { "127.0.0.1:\(port)" }
-
-        deinit {
-            if process.isRunning {
-                process.terminate()
-                process.waitUntilExit()
-            }
-        }
+    /// A `kangaroo peer` serving `cache`.
+    static func peer(cache: String, tokenFile: String?, log: String) throws -> ListeningProcess {
+        try ListeningProcess(["peer", "--cache", cache, "--listen", "127.0.0.1:0", "--log-level", "info"]
+                             + (tokenFile.map { ["--token-file", $0] } ?? ["--no-auth"]), marker: "peer listening on ", log: log)
     }
 
     /// The origin registry with the sample image, node A's cache filled by
@@ -70,7 +33,7 @@ struct PeerIntegrationTests {
     }
 
     /// hosts.toml naming the peer (pull only, with the token) before the origin.
-    static func peerHosts(_ tmp: MountTemp, origin: TestRegistry, peer: Peer, token: String) throws -> String {
+    static func peerHosts(_ tmp: MountTemp, origin: TestRegistry, peer: ListeningProcess, token: String) throws -> String {
         let dir = tmp.sub("hosts.d")
         try MirrorIntegrationTests.writeHosts(dir, registry: origin.host, """
             server = "http://\(origin.host)"
@@ -93,7 +56,7 @@ struct PeerIntegrationTests {
         let tmp = try MountTemp("peer")
         let (origin, ref, tokenFile) = try Self.seededNode(tmp)
         let token = try Self.token(tokenFile)
-        let peer = try Peer(cache: tmp.sub("cache-a"), tokenFile: tokenFile, log: tmp.sub("peer.log"))
+        let peer = try Self.peer(cache: tmp.sub("cache-a"), tokenFile: tokenFile, log: tmp.sub("peer.log"))
 
         // A plain HTTP client: the peer's bytes for a range of whole chunks are the registry's.
         let (hex, entries) = try Self.tocEntries(tmp.sub("cache-a"))
@@ -154,7 +117,7 @@ struct PeerIntegrationTests {
         let size = (try FileManager.default.attributesOfItem(atPath: data)[.size] as? Int) ?? 0
         for offset in stride(from: 100, to: size, by: 4096 * 7) { try flipByte(data, at: UInt64(offset)); flipped += 1 }
         #expect(flipped > 0)
-        let peer = try Peer(cache: tmp.sub("cache-a"), tokenFile: tokenFile, log: tmp.sub("peer.log"))
+        let peer = try Self.peer(cache: tmp.sub("cache-a"), tokenFile: tokenFile, log: tmp.sub("peer.log"))
         let hostsDir = try Self.peerHosts(tmp, origin: origin, peer: peer, token: token)
         try MirrorIntegrationTests.mount(tmp, ref, label: "b", hostsDir: hostsDir)
         try expectSameTree(tmp.sub("kernel"), tmp.sub("mp-b"), "node B's mount past a lying peer")
