@@ -25,9 +25,16 @@ extension BlobSource {
     public func stored(_ digest: Digest, range: Range<UInt64>) {}
 }
 
-/// A source that checks bytes with `accept` itself and returns only bytes
-/// `accept` took (a P2P source, which knows which parent to blame).
-public protocol SelfVerifyingBlobSource: BlobSource {}
+/// A source that gets parts of a range itself and the rest from `origin`
+/// (the hosts after it: mirrors and the registry), checks the whole with
+/// `accept` and returns only bytes `accept` took (a P2P source: peers hold
+/// some chunks of a range, the registry the others; it knows which parent
+/// to blame). `own` is how many of the bytes it delivered itself (its
+/// stats row); `origin` counts the rest in its own.
+public protocol PlanningBlobSource: BlobSource {
+    func read(_ digest: Digest, range: Range<UInt64>, accept: ([UInt8]) -> Bool,
+              origin: any BlobSource) throws(ChunksError) -> (bytes: [UInt8], own: UInt64)
+}
 
 /// What one host has delivered so far (`kangaroo image stats`, metrics).
 public struct SourceStats: Codable, Sendable, Equatable {

@@ -61,11 +61,29 @@ public final class CacheReader: Sendable {
     }
 
     public let directory: String
+    /// An OCI layout whose whole blobs (bootstraps, configs, pulled
+    /// verified by digest) are served too, at any range.
+    public let store: String?
     private let blobs = Mutex<[String: Blob]>([:])
     static let openLimit = 256
 
-    public init(directory: String) {
+    public init(directory: String, store: String? = nil) {
         self.directory = directory
+        self.store = store
+    }
+
+    /// Bytes `range` of a whole blob of the store, if it has the blob.
+    func readStore(_ digest: Digest, range: Range<UInt64>) throws(ChunksError) -> [UInt8]? {
+        guard let store, digest.algorithm == "sha256" else { return nil }
+        let fd = Glibc.open(store + "/blobs/sha256/" + digest.encoded, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { _ = Glibc.close(fd) }
+        let bytes: [UInt8]
+        do { bytes = try FileSystem.pread(fd, count: range.count, at: range.lowerBound) } catch {
+            throw ChunksError(.unavailable, "reading blob \(digest) of the store failed: \(error)")
+        }
+        guard bytes.count == range.count else { throw ChunksError(.notFound, "bytes \(range) are beyond the end of \(digest)") }
+        return bytes
     }
 
     func blob(_ hex: String) throws(ChunksError) -> Blob {
@@ -82,9 +100,17 @@ public final class CacheReader: Sendable {
     /// Forgets open files (a blob whose files were replaced, e.g. a reset cache).
     public func forget(_ digest: Digest) { _ = blobs.withLock { $0.removeValue(forKey: digest.encoded) } }
 
-    /// The bytes `range` of blob `digest`, if the cache holds every chunk they are part of.
+    /// The bytes `range` of blob `digest`, if the cache holds every chunk
+    /// they are part of, or the store holds the whole blob.
     public func read(_ digest: Digest, range: Range<UInt64>) throws(ChunksError) -> [UInt8] {
-        let blob = try self.blob(digest.encoded)
+        do throws(ChunksError) { return try readCache(digest, range: range) } catch {
+            guard error.code == .notFound, let bytes = try readStore(digest, range: range) else { throw error }
+            return bytes
+        }
+    }
+
+    func readCache(_ digest: Digest, range: Range<UInt64>) throws(ChunksError) -> [UInt8] {
+        var blob = try self.blob(digest.encoded)
         guard let covering = blob.toc.covering(range) else {
             throw ChunksError(.notFound, "bytes \(range) of \(digest) are not whole chunks of the blob")
         }
@@ -94,6 +120,12 @@ public final class CacheReader: Sendable {
         for (position, e) in zip(covering, entries) {
             blocks.append(contentsOf: e.blocks)
             if e.compression != .none { packedBits.append(UInt64(position)) }
+        }
+        if !packedBits.isEmpty, blob.packed < 0 || blob.packedMap < 0 {
+            // Opened before the node kept any compressed chunk of the blob:
+            // the files may be there now.
+            forget(digest)
+            blob = try self.blob(digest.encoded)
         }
         guard try Blob.allSet(blob.bitmap, blocks), try Blob.allSet(blob.packedMap, packedBits),
               packedBits.isEmpty || blob.packed >= 0 else {

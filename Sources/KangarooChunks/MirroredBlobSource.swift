@@ -78,6 +78,13 @@ public final class MirroredBlobSource: BlobSource, SourceReporting {
         self.logger = logger
     }
 
+    /// The hosts after a planning source, sharing their health and stats.
+    init(entries: ArraySlice<Entry>, logger: Logger) {
+        self.entries = Array(entries)
+        self.clients = []
+        self.logger = logger
+    }
+
     /// The pull hosts of `hosts` for `repository`: mirrors answer within
     /// their `timeout` (default `mirrorTimeout`), the registry within
     /// `timeout`. Call `shutdown()` when done.
@@ -129,9 +136,9 @@ public final class MirroredBlobSource: BlobSource, SourceReporting {
         var skipped: [Entry] = []
         var rejected: [UInt8]?
         let now = Self.now()
-        for entry in entries {
+        for (i, entry) in entries.enumerated() {
             guard entry.admit(now: now) else { skipped.append(entry); continue }
-            if let bytes = attempt(entry, digest, range, accept, &failures, &rejected) { return bytes }
+            if let bytes = attempt(entry, i, digest, range, accept, &failures, &rejected) { return bytes }
         }
         // Every host that was in use failed: try those that were down (not
         // the blocked ones), in order.
@@ -141,7 +148,9 @@ public final class MirroredBlobSource: BlobSource, SourceReporting {
                 s.health = .probing(failures: n)
                 return true
             }
-            if retry, let bytes = attempt(entry, digest, range, accept, &failures, &rejected) { return bytes }
+            if retry, let bytes = attempt(entry, entries.firstIndex { $0 === entry }!, digest, range, accept, &failures, &rejected) {
+                return bytes
+            }
         }
         if let rejected { return rejected }
         throw ChunksError(.exhausted, "bytes \(range) of \(digest): every host failed: " + failures.joined(separator: "; "))
@@ -151,14 +160,24 @@ public final class MirroredBlobSource: BlobSource, SourceReporting {
         for entry in entries { entry.source.stored(digest, range: range) }
     }
 
-    private func attempt(_ entry: Entry, _ digest: Digest, _ range: Range<UInt64>, _ accept: ([UInt8]) -> Bool,
+    private func attempt(_ entry: Entry, _ index: Int, _ digest: Digest, _ range: Range<UInt64>, _ accept: ([UInt8]) -> Bool,
                          _ failures: inout [String], _ rejected: inout [UInt8]?) -> [UInt8]? {
         do {
-            // A self-verifying source returns only accepted bytes.
-            let selfVerifying = entry.source is any SelfVerifyingBlobSource
-            let bytes = selfVerifying ? try entry.source.read(digest, range: range, accept: accept)
-                                      : try entry.source.read(digest, range: range)
-            guard selfVerifying || accept(bytes) else {
+            // A planning source returns only accepted bytes, some of them
+            // from the hosts after it (counted in their rows).
+            let bytes: [UInt8]
+            let own: UInt64
+            let planning = entry.source as? any PlanningBlobSource
+            if let planning {
+                let origin = MirroredBlobSource(entries: entries[(index + 1)...], logger: logger)
+                let result = try planning.read(digest, range: range, accept: accept, origin: origin)
+                bytes = result.bytes
+                own = result.own
+            } else {
+                bytes = try entry.source.read(digest, range: range)
+                own = UInt64(bytes.count)
+            }
+            guard planning != nil || accept(bytes) else {
                 entry.state.withLock { s in
                     s.stats.requests += 1
                     s.stats.rejected += 1
@@ -170,7 +189,7 @@ public final class MirroredBlobSource: BlobSource, SourceReporting {
                 return nil
             }
             let recovered = entry.state.withLock { s -> Bool in
-                s.stats.bytes += UInt64(bytes.count)
+                s.stats.bytes += own
                 s.stats.requests += 1
                 let wasDown = s.health != .up
                 s.health = .up

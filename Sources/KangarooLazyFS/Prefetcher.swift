@@ -34,19 +34,24 @@ enum Prefetcher {
         return out
     }
 
+    /// The chunks `mode` fetches, in order.
+    static func order(_ bootstrap: Bootstrap, mode: PrefetchMode, logger: Logger) -> [Int] {
+        guard mode != .none else { return [] }
+        var order = listChunks(bootstrap, logger: logger)
+        if mode == .all {
+            let listed = Set(order)
+            order += bootstrap.chunks.indices.filter { !listed.contains($0) }
+        }
+        return order
+    }
+
     /// Fetches `mode`'s chunks with `concurrency` workers (each a batch of
     /// up to `batch` chunks at a time, merged into range requests); calls
     /// `done` at the end.
     static func run(_ fetcher: ChunkFetcher, mode: PrefetchMode, concurrency: Int = 2, batch: Int = 16,
                     logger: Logger, done: @escaping @Sendable (Bool) -> Void) {
         guard mode != .none else { done(true); return }
-        let bootstrap = fetcher.bootstrap
-        var order = listChunks(bootstrap, logger: logger)
-        if mode == .all {
-            let listed = Set(order)
-            order += bootstrap.chunks.indices.filter { !listed.contains($0) }
-        }
-        let pending = order.filter { !fetcher.cache.isCached($0) }
+        let pending = order(fetcher.bootstrap, mode: mode, logger: logger).filter { !fetcher.cache.isCached($0) }
         var batches: [[Int]] = []
         var i = 0
         while i < pending.count {

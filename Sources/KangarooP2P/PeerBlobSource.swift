@@ -52,15 +52,17 @@ public struct TrackerRing: Sendable {
 /// Chunks from other nodes, found through the trackers (docs/P2P.md): for
 /// a range of whole chunks (this node's chunk table, `.toc` in its cache),
 /// the blob's tracker names a parent per chunk, or makes this node the
-/// seed (then it throws "not found" and the next host, the registry, is
-/// asked; the chunks are announced once stored), or says who is fetching
-/// them (then it asks again until `wait` has passed, then gives up the same
-/// way). Bytes from a parent are checked with `accept` before anything else
-/// sees them: a parent whose bytes fail is reported to the tracker, never
-/// asked again by this node, and the next parent (or the registry) is
-/// asked. With no tracker answering it fails as unavailable (the caller's
-/// circuit breaker then skips it: the registry within a second).
-public final class PeerBlobSource: BlobSource, SelfVerifyingBlobSource, Sendable {
+/// chunk's seed (it fetches the chunk from the registry and announces it
+/// once stored), or says who is fetching it (this node asks again until
+/// the seed has it or `wait` has passed, then fetches it from the
+/// registry). A range is assembled chunk by chunk from parents and the
+/// registry, so a node fetches from the registry only the chunks nobody
+/// else fetches. Bytes are checked with `accept` before anything else sees
+/// them: a parent whose bytes fail is reported to the tracker and never
+/// asked again by this node. With no tracker answering it fails as
+/// unavailable (the caller's circuit breaker then skips it: the registry
+/// within a second).
+public final class PeerBlobSource: PlanningBlobSource, Sendable {
     public struct Configuration: Sendable {
         public var trackers: [String]
         /// Where other nodes reach this node's peer (HOST:PORT).
@@ -121,68 +123,152 @@ public final class PeerBlobSource: BlobSource, SelfVerifyingBlobSource, Sendable
         return toc
     }
 
+    /// The key of "the whole blob" in tracker requests (chunk keys are
+    /// compressed offsets, below it): bootstraps are traded whole.
+    public static let wholeBlob = UInt64.max
+
+    /// The whole blob `digest` (`size` bytes, a bootstrap) from a node
+    /// that holds it, checked against its digest; nil when this node is to
+    /// fetch it from the registry itself: it is the seed, no holder
+    /// delivered it within `wait`, or no tracker answers. Call
+    /// `storedWhole` once the blob is in the store the peer serves.
+    public func wholeBlob(_ digest: KangarooOCI.Digest, size: Int64) -> [UInt8]? {
+        guard size > 0, size < 1 << 30, digest.algorithm == "sha256" else { return nil }
+        let deadline = Self.now() + Self.seconds(configuration.wait)
+        var exclude = blocked.withLock { Array($0) }
+        while Self.now() < deadline {
+            guard let answer = try? lookup(digest, [Self.wholeBlob], exclude: exclude), answer.seed.isEmpty else { return nil }
+            if let node = answer.parents.first?.node {
+                let bytes = try? RegistryBlobSource(client: parent(node), repository: "kangaroo", timeout: configuration.wait)
+                    .read(digest, range: 0..<UInt64(size))
+                if let bytes, Array(SHA256.hash(data: bytes)) == digest.bytes { return bytes }
+                if bytes != nil {
+                    logger.error("peer bytes of \(digest) fail its digest: parent reported and not asked again", metadata: ["parent": "\(node)"])
+                    blocked.withLock { _ = $0.insert(node) }
+                    report(digest, peer: node)
+                }
+                exclude.append(node)
+                continue
+            }
+            usleep(25_000)
+        }
+        return nil
+    }
+
+    /// The whole blob `digest` is in the store this node's peer serves.
+    public func storedWhole(_ digest: KangarooOCI.Digest) {
+        let body = TrackerProtocol.Announce(node: configuration.selfAddress, blob: digest.description, chunks: [Self.wholeBlob])
+        for tracker in ring.trackers(for: digest) { _ = try? post(tracker, "/v1/announce", body) }
+    }
+
+    /// Without an origin: chunks this node would seed, or wait for past
+    /// `wait`, make the read fail as "not found".
     public func read(_ digest: KangarooOCI.Digest, range: Range<UInt64>, accept: ([UInt8]) -> Bool) throws(ChunksError) -> [UInt8] {
+        try read(digest, range: range, accept: accept, origin: NoOrigin()).bytes
+    }
+
+    /// The range chunk by chunk: those a parent holds from that parent,
+    /// those nobody holds or fetches (this node is their seed) from
+    /// `origin`, those another node is fetching once it has them (asking
+    /// again every 25 ms), or from `origin` when `wait` has passed. When
+    /// the whole range is this node's to seed, "not found" (the next host
+    /// then fetches it in one request). Bytes that fail `accept` are
+    /// fetched again from `origin`; the parents whose runs differ from the
+    /// origin's are reported and never asked again.
+    public func read(_ digest: KangarooOCI.Digest, range: Range<UInt64>, accept: ([UInt8]) -> Bool,
+                     origin: any BlobSource) throws(ChunksError) -> (bytes: [UInt8], own: UInt64) {
         guard let toc = toc(digest), let covering = toc.covering(range) else {
             throw ChunksError(.notFound, "bytes \(range) of \(digest) are not whole chunks this node knows")
         }
         let entries = Array(toc.entries[covering])
-        let offsets = entries.map(\.compressedOffset)
         let deadline = Self.now() + Self.seconds(configuration.wait)
         var exclude = blocked.withLock { Array($0) }
-        while true {
-            let answer = try lookup(digest, offsets, exclude: exclude)
-            if !answer.seed.isEmpty {
-                throw ChunksError(.notFound, "this node is the seed of \(answer.seed.count) chunks of \(digest): from the registry")
+        var got: [UInt64: [UInt8]] = [:]   // chunk offset: its compressed bytes
+        var fromParents: [(node: String, run: Range<UInt64>)] = []
+        var pending = entries
+        var first = true
+        while !pending.isEmpty {
+            let answer = try lookup(digest, pending.map(\.compressedOffset), exclude: exclude)
+            if first, answer.seed.count == entries.count {
+                throw ChunksError(.notFound, "this node is the seed of bytes \(range) of \(digest): from the registry")
             }
-            if answer.wait.isEmpty, !answer.parents.isEmpty {
-                var failed: String?
-                do throws(ChunksError) {
-                    let bytes = try fetch(digest, entries: entries, from: answer.parents, range: range, failed: &failed)
-                    if accept(bytes) { return bytes }
-                    let culprits = answer.parents.map(\.node)
-                    logger.error("peer bytes of \(digest) failed verification: parents reported and not asked again",
-                                 metadata: ["parents": "\(culprits)"])
-                    blocked.withLock { $0.formUnion(culprits) }
-                    exclude += culprits
-                    for culprit in culprits { report(digest, peer: culprit) }
+            first = false
+            let seed = Set(answer.seed)
+            var parentOf: [UInt64: String] = [:]
+            for a in answer.parents { for c in a.chunks { parentOf[c] = a.node } }
+            // Parents' runs, then the seed's runs from the origin.
+            for (node, run, chunks) in Self.runs(pending, { parentOf[$0.compressedOffset] }) {
+                do {
+                    let bytes = try RegistryBlobSource(client: parent(node), repository: "kangaroo", timeout: configuration.wait)
+                        .read(digest, range: run)
+                    Self.split(bytes, run: run, chunks: chunks, into: &got)
+                    fromParents.append((node, run))
                 } catch {
-                    logger.notice("peer fetch of \(digest) failed; trying other parents", metadata: ["error": "\(error)"])
-                    if let failed { exclude.append(failed) }
+                    logger.notice("peer fetch of \(digest) failed; trying other parents", metadata: ["parent": "\(node)", "error": "\(error)"])
+                    exclude.append(node)
                 }
             }
-            guard Self.now() < deadline else {
-                throw ChunksError(.notFound, "no parent delivered bytes \(range) of \(digest) within \(configuration.wait)")
+            let late = Self.now() >= deadline
+            for (_, run, chunks) in Self.runs(pending, { seed.contains($0.compressedOffset) || (late && got[$0.compressedOffset] == nil) ? "" : nil }) {
+                Self.split(try fromOrigin(origin, digest, run), run: run, chunks: chunks, into: &got)
             }
-            usleep(answer.wait.isEmpty ? 10_000 : 25_000)
+            pending.removeAll { got[$0.compressedOffset] != nil }
+            if !pending.isEmpty { usleep(answer.wait.isEmpty ? 10_000 : 25_000) }
+        }
+        var whole: [UInt8] = []
+        for e in entries { whole += got[e.compressedOffset]! }
+        let start = Int(range.lowerBound - entries[0].compressedOffset)
+        let bytes = Array(whole[start..<(start + range.count)])
+        let own = fromParents.reduce(UInt64(0)) { $0 + UInt64($1.run.count) }
+        if accept(bytes) { return (bytes, own) }
+        // Which parent lied: the origin's bytes tell.
+        let truth = try fromOrigin(origin, digest, entries[0].compressedOffset..<entries[entries.count - 1].compressedEnd)
+        let base = entries[0].compressedOffset
+        var culprits = Set(fromParents.filter { p in
+            truth[Int(p.run.lowerBound - base)..<Int(p.run.upperBound - base)].elementsEqual(whole[Int(p.run.lowerBound - base)..<Int(p.run.upperBound - base)]) == false
+        }.map(\.node))
+        if culprits.isEmpty { culprits = Set(fromParents.map(\.node)) }
+        logger.error("peer bytes of \(digest) failed verification: parents reported and not asked again",
+                     metadata: ["parents": "\(culprits.sorted())"])
+        blocked.withLock { $0.formUnion(culprits) }
+        for culprit in culprits { report(digest, peer: culprit) }
+        let corrected = Array(truth[start..<(start + range.count)])
+        guard accept(corrected) else {
+            throw ChunksError(.notFound, "bytes \(range) of \(digest) fail verification from the registry too")
+        }
+        return (corrected, 0)
+    }
+
+    /// Consecutive chunks with the same key as one byte run each.
+    static func runs(_ entries: [BlobTOC.Entry], _ key: (BlobTOC.Entry) -> String?) -> [(String, Range<UInt64>, [BlobTOC.Entry])] {
+        var out: [(String, Range<UInt64>, [BlobTOC.Entry])] = []
+        for e in entries {
+            guard let k = key(e) else { continue }
+            if let last = out.last, last.0 == k, last.1.upperBound == e.compressedOffset {
+                out[out.count - 1].1 = last.1.lowerBound..<e.compressedEnd
+                out[out.count - 1].2.append(e)
+            } else {
+                out.append((k, e.compressedOffset..<e.compressedEnd, [e]))
+            }
+        }
+        return out
+    }
+
+    static func split(_ bytes: [UInt8], run: Range<UInt64>, chunks: [BlobTOC.Entry], into got: inout [UInt64: [UInt8]]) {
+        for c in chunks {
+            let at = Int(c.compressedOffset - run.lowerBound)
+            got[c.compressedOffset] = Array(bytes[at..<(at + Int(c.compressedSize))])
         }
     }
 
-    /// The range from its parents, one request per parent run, concatenated.
-    func fetch(_ digest: KangarooOCI.Digest, entries: [BlobTOC.Entry], from assignments: [TrackerProtocol.Assignment],
-               range: Range<UInt64>, failed: inout String?) throws(ChunksError) -> [UInt8] {
-        var parentOf: [UInt64: String] = [:]
-        for a in assignments { for c in a.chunks { parentOf[c] = a.node } }
-        var runs: [(String, Range<UInt64>)] = []
-        for e in entries {
-            guard let node = parentOf[e.compressedOffset] else { throw ChunksError(.notFound, "no parent for a chunk") }
-            if let last = runs.last, last.0 == node, last.1.upperBound == e.compressedOffset {
-                runs[runs.count - 1].1 = last.1.lowerBound..<e.compressedEnd
-            } else {
-                runs.append((node, e.compressedOffset..<e.compressedEnd))
-            }
+    /// Bytes from the hosts after this source; their failure is "not found"
+    /// here (the peers did not fail), so the caller asks those hosts itself.
+    func fromOrigin(_ origin: any BlobSource, _ digest: KangarooOCI.Digest, _ run: Range<UInt64>) throws(ChunksError) -> [UInt8] {
+        do {
+            return try origin.read(digest, range: run)
+        } catch {
+            throw ChunksError(.notFound, "bytes \(run) of \(digest) for this node to seed: \(error.message)")
         }
-        var bytes: [UInt8] = []
-        for (node, run) in runs {
-            let client = parent(node)
-            do {
-                bytes += try RegistryBlobSource(client: client, repository: "kangaroo", timeout: configuration.wait).read(digest, range: run)
-            } catch {
-                failed = node
-                throw error
-            }
-        }
-        let start = Int(range.lowerBound - entries[0].compressedOffset)
-        return Array(bytes[start..<(start + range.count)])
     }
 
     func parent(_ node: String) -> RegistryClient {
@@ -260,4 +346,11 @@ public final class PeerBlobSource: BlobSource, SelfVerifyingBlobSource, Sendable
     }
 
     static func now() -> Double { ProcessInfo.processInfo.systemUptime }
+}
+
+/// No hosts after a peer source: everything it would fetch there is "not found".
+struct NoOrigin: BlobSource {
+    func read(_ digest: KangarooOCI.Digest, range: Range<UInt64>, accept: ([UInt8]) -> Bool) throws(ChunksError) -> [UInt8] {
+        throw ChunksError(.notFound, "no registry behind this peer source")
+    }
 }

@@ -22,15 +22,11 @@ extension ImageCommand {
         @OptionGroup var options: GlobalOptions
         @Argument(help: "The image (store name, registry reference or oci:DIR:TAG).") var reference: String
         @Argument(help: "Where to mount it (an existing directory).") var mountPoint: String
-        @Option(help: "Chunk cache directory.") var cache: String = "/var/lib/kangaroo/cache"
+        @OptionGroup var chunks: ChunkSourceOptions
         @Option(help: "Background prefetch after mounting: none, list (the image's prefetch list) or all.")
         var prefetch: String = "list"
         @Option(help: "fuse, kernel (needs a complete cache) or auto.") var mode: String = "auto"
         @Flag(help: "Detach: return once the mount is ready, the daemon keeps serving it.") var daemon = false
-        @Option(help: "Seconds a read may wait for its chunks before it fails with EIO.") var deadline: Double = 30
-        @Option(help: "Retries of a failed range request (within the deadline).") var retries: Int = 3
-        @Option(help: "Seconds a mirror (--hosts-dir) may take to answer a range request before the next host is tried (a hosts.toml timeout overrides it).")
-        var mirrorTimeout: Double = 5
         @Option(help: "Merge chunk requests whose compressed ranges are at most this far apart (bytes; K/M allowed).")
         var mergeGap: String = "0"
         @Option(help: "FUSE worker threads.") var threads: Int = 16
@@ -44,12 +40,6 @@ extension ImageCommand {
         @Option(help: "Serve Prometheus metrics on HOST:PORT (GET /metrics; an IPv4 address, e.g. 127.0.0.1:9464).")
         var metrics: String?
         @Option(help: "Record the files opened, in first-access order, into this prefetch list file.") var trace: String?
-        @Option(help: "Trackers to find chunks on other nodes with (HOST:PORT,...; needs --peer-address and --peer-token-file, implies --keep-compressed).")
-        var trackers: String?
-        @Option(help: "Where other nodes reach this node's peer (kangaroo peer on the same --cache), HOST:PORT.")
-        var peerAddress: String?
-        @Option(help: "The cluster token file (peers and trackers).") var peerTokenFile: String?
-        @Option(help: "Seconds a read waits for a seed or parent before it goes to the registry.") var peerWait: Double = 2
         @Flag(help: "Keep the compressed bytes of compressed chunks in the cache too, so that `kangaroo peer` can serve them to other nodes (costs their size on disk).")
         var keepCompressed = false
         @Flag(help: "Let a keeper (the node daemon) hold the FUSE connection, so that a new server can take the mount over if this one dies (no io_uring).")
@@ -64,8 +54,8 @@ extension ImageCommand {
                     throw CLIError("--prefetch '\(prefetch)' is not one of none, list, all")
                 }
                 guard ["fuse", "kernel", "auto"].contains(mode) else { throw CLIError("--mode '\(mode)' is not one of fuse, kernel, auto") }
-                guard deadline > 0, let gap = parseSize(mergeGap) else { throw CLIError("--deadline must be > 0 and --merge-gap a size") }
-                guard mirrorTimeout > 0, mirrorTimeout <= 3600 else { throw CLIError("--mirror-timeout \(mirrorTimeout) is not between 0 and 3600 seconds") }
+                guard let gap = parseSize(mergeGap) else { throw CLIError("--merge-gap '\(mergeGap)' is not a size") }
+                try chunks.validate()
                 let metricsAddress: (host: String, port: UInt16)? = try metrics.map { text in
                     let parts = text.split(separator: ":")
                     guard parts.count == 2, let port = UInt16(parts[1]) else {
@@ -90,8 +80,8 @@ extension ImageCommand {
                 }
                 if daemon { return try spawnDaemon(mountPoint: mountPoint) }
 
-                let cacheDirectory = MountControl.normalize(cache)
-                let (image, resolved, closeSource) = try await resolve(logger: logger)
+                let cacheDirectory = MountControl.normalize(chunks.cache)
+                let (image, resolved, closeSource) = try await chunks.resolve(reference, options: options, logger: logger)
                 let source: any ChunkSource = rate > 0 ? RateLimitedChunkSource(resolved, bytesPerSecond: UInt64(rate)) : resolved
                 var takeover: LazyMount.Takeover?
                 if let fd = takeoverFd {
@@ -119,10 +109,9 @@ extension ImageCommand {
                 mountOptions.threads = max(1, threads)
                 mountOptions.ioUring = ioUring == "auto"
                 mountOptions.prefill = prefillSize > 0 ? LazyFileSystem.Prefill(maxFileSize: prefillSize) : .off
-                mountOptions.fetch.deadline = .milliseconds(Int64(deadline * 1000))
-                mountOptions.fetch.retries = max(0, retries)
+                mountOptions.fetch = chunks.fetchConfiguration
                 mountOptions.fetch.mergeGap = UInt64(gap)
-                mountOptions.fetch.keepCompressed = keepCompressed || trackers != nil
+                mountOptions.fetch.keepCompressed = keepCompressed || chunks.trackers != nil
                 mountOptions.tracePath = trace.map(MountControl.normalize)
                 mountOptions.statsPath = MountControl.statsPath(mountPoint)
                 mountOptions.metricsAddress = metricsAddress
@@ -157,59 +146,6 @@ extension ImageCommand {
             } catch {
                 fail(error)
             }
-        }
-
-        /// The image, where its chunks come from, and what closes that source.
-        func resolve(logger: Logger) async throws -> (KangarooImage, any ChunkSource, (@Sendable () async -> Void)?) {
-            switch try ImageLocation.parse(reference) {
-            case .registry(let ref):
-                let store = try options.openStore()
-                let descriptor = try await options.withPullHosts(ref, logger: logger) { client in
-                    try await pullBootstrap(ref, client: client, into: store, logger: logger)
-                }
-                let image = try KangarooImage.load(from: store, descriptor: descriptor)
-                // Chunks by blob digest from the registry's mirrors, then the registry.
-                let creds = try options.credentials().map { RegistryClient.Credentials(username: $0.username, password: $0.password) }
-                let peers = try peerSource(logger: logger)
-                let blobs = try MirroredBlobSource.registry(
-                    try options.registryHosts(for: ref, logger: logger), repository: ref.repository, credentials: creds,
-                    timeout: .milliseconds(Int64(deadline * 1000)), mirrorTimeout: .milliseconds(Int64(mirrorTimeout * 1000)),
-                    retries: options.registryRetries, peers: peers.map { ("trackers \($0.ring.trackers.joined(separator: ","))", $0) },
-                    logger: logger)
-                return (image, BlobChunkSource(blobs, image: image), {
-                    await blobs.shutdown()
-                    await peers?.shutdown()
-                })
-            case .store(let name):
-                let store = try options.openStore()
-                let image = try KangarooImage.load(from: store, tag: storeTag(name))
-                return (image, LayoutChunkSource(layout: store, image: image), nil)
-            case .ociLayout(let path, let tag):
-                let layout = try OCILayout(at: path, create: false)
-                let image = try KangarooImage.load(from: layout, tag: tag)
-                return (image, LayoutChunkSource(layout: layout, image: image), nil)
-            }
-        }
-
-        /// The P2P source of --trackers, if given.
-        func peerSource(logger: Logger) throws -> PeerBlobSource? {
-            guard let trackers else {
-                guard peerAddress == nil, peerTokenFile == nil else { throw CLIError("--peer-address and --peer-token-file go with --trackers") }
-                return nil
-            }
-            let list = trackers.split(separator: ",").map(String.init)
-            for t in list { _ = try parseHostPort(t, option: "--trackers") }
-            guard !list.isEmpty else { throw CLIError("--trackers '\(trackers)' names no HOST:PORT") }
-            guard let peerAddress, let peerTokenFile else { throw CLIError("--trackers needs --peer-address (where this node's peer listens) and --peer-token-file") }
-            let address = try parseHostPort(peerAddress, option: "--peer-address")
-            guard address.host != "0.0.0.0", address.port != 0 else {
-                throw CLIError("--peer-address \(peerAddress) must be an address and port other nodes can reach")
-            }
-            guard peerWait > 0, peerWait <= 60 else { throw CLIError("--peer-wait \(peerWait) is not between 0 and 60 seconds") }
-            var configuration = PeerBlobSource.Configuration(trackers: list, selfAddress: peerAddress, token: try readClusterToken(peerTokenFile),
-                                                             cacheDirectory: MountControl.normalize(cache))
-            configuration.wait = .milliseconds(Int64(peerWait * 1000))
-            return PeerBlobSource(configuration, logger: logger)
         }
 
         /// Re-runs this command without --daemon in a new session and returns

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KangarooImage
 import KangarooOCI
+import KangarooP2P
 import Logging
 import SystemPackage
 
@@ -124,14 +125,22 @@ extension GlobalOptions {
 /// Pulls only the manifest, config and bootstrap of the Kangaroo image
 /// `reference` into `store` (tagged with the reference), with one manifest
 /// request; returns the manifest's descriptor. File data stays remote.
-func pullBootstrap(_ reference: Reference, client: RegistryClient, into store: OCILayout,
+/// The manifest from the registry, then the bootstrap: from another node
+/// when `peers` finds one that holds it (checked against its digest), else
+/// from the registry; announced once in the store.
+func pullBootstrap(_ reference: Reference, client: RegistryClient, into store: OCILayout, peers: PeerBlobSource? = nil,
                    logger: Logger) async throws -> Descriptor {
     let resolved = try await client.resolveManifest(reference)
     guard let first = resolved.manifest.layers.first, KangarooMediaTypes.isBootstrap(first.mediaType) else {
         throw CLIError("\(reference) is an OCI image, not a Kangaroo image: convert it first (kangaroo image convert \(reference) NAME)")
     }
-    return try await ImageTransfer(client: client, logger: logger).pull(
+    if let peers, !store.hasBlob(first.digest), let bytes = peers.wholeBlob(first.digest, size: first.size) {
+        _ = try store.writeBlob(bytes: bytes)
+    }
+    let descriptor = try await ImageTransfer(client: client, logger: logger).pull(
         reference, into: store, tag: reference.description, onlyLayers: [first.digest], resolved: resolved).1
+    peers?.storedWhole(first.digest)
+    return descriptor
 }
 
 struct RegistryCredentials {

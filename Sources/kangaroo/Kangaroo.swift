@@ -19,6 +19,6 @@ struct ImageCommand: AsyncParsableCommand {
         commandName: "image",
         abstract: "Convert, verify, move and unpack Kangaroo images.",
         subcommands: [Convert.self, Inspect.self, Check.self, Unpack.self, Materialize.self,
-                      Push.self, Pull.self, List.self, Mount.self, Umount.self, Stats.self]
+                      Push.self, Pull.self, List.self, Mount.self, Umount.self, Stats.self, Preheat.self]
     )
 }

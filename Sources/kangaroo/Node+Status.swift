@@ -4,6 +4,7 @@ import Foundation
 import KangarooLazyFS
 import KangarooNetwork
 import KangarooNode
+import KangarooP2P
 import KangarooShim
 import KangarooSystem
 import Synchronization
@@ -25,6 +26,10 @@ struct NodeStatus: Codable, Sendable {
         /// FUSE servers replaced after dying (failover).
         var takeovers: Int
         var pssKiB: Int?
+        /// Compressed bytes the mount fetched from the registry (and its
+        /// mirrors) and from other nodes (P2P); nil before its first stats.
+        var bytesFromRegistry: UInt64?
+        var bytesFromPeers: UInt64?
     }
 
     struct Memory: Codable, Sendable {
@@ -55,6 +60,8 @@ struct NodeStatus: Codable, Sendable {
     var networks: [NetworkStatus]?
     /// The sandbox disk pool, if the daemon keeps one.
     var disks: DiskStatus?
+    /// What the node's peer served other nodes, if it runs one.
+    var peer: PeerServer.Stats?
 }
 
 struct DiskStatus: Codable, Sendable {
@@ -114,10 +121,13 @@ final class NodeStatusService: TTRPCService, Sendable {
     let networks: [NetworkConfig]
     let disks: DiskConfig?
     let stateRoot: String
+    let peer: PeerServer?
 
     init(tasks: TaskService, keeper: FUSEKeeper?, root: String, socket: String, supervisorPID: Int32?, generation: Int,
-         requests: TTRPCRequestStats, networks: [NetworkConfig] = [], disks: DiskConfig? = nil, stateRoot: String = "") {
+         requests: TTRPCRequestStats, networks: [NetworkConfig] = [], disks: DiskConfig? = nil, stateRoot: String = "",
+         peer: PeerServer? = nil) {
         self.tasks = tasks
+        self.peer = peer
         self.networks = networks
         self.disks = disks
         self.stateRoot = stateRoot
@@ -151,8 +161,13 @@ final class NodeStatusService: TTRPCService, Sendable {
             guard let type = MountControl.mountedType(mountPoint) else { continue }
             let state = MountControl.readState(mountPoint)
             let pid = kept[mountPoint]?.pid ?? state.flatMap { $0.pid > 0 ? $0.pid : nil }
+            let sources = MountControl.readStats(mountPoint)?.sources
+            func bytes(_ roles: Set<String>) -> UInt64? {
+                sources.map { $0.filter { roles.contains($0.role) }.reduce(0) { $0 + $1.bytes } }
+            }
             mounts.append(.init(mountPoint: mountPoint, image: state?.image ?? "", mode: type == "erofs" ? "kernel" : "fuse",
-                                serverPID: pid, takeovers: kept[mountPoint]?.takeovers ?? 0, pssKiB: pid.flatMap { Self.memory(of: $0)?.pss }))
+                                serverPID: pid, takeovers: kept[mountPoint]?.takeovers ?? 0, pssKiB: pid.flatMap { Self.memory(of: $0)?.pss },
+                                bytesFromRegistry: bytes(["origin", "mirror"]), bytesFromPeers: bytes(["peer"])))
         }
         let own = Self.memory(of: getpid())
         let servers = mounts.compactMap(\.pssKiB).reduce(0, +)
@@ -162,7 +177,7 @@ final class NodeStatusService: TTRPCService, Sendable {
         return NodeStatus(pid: getpid(), supervisorPID: supervisorPID.withLock { $0 }, restarts: restarts, uptimeSeconds: Date().timeIntervalSince(started), shimSocket: socket, root: root,
                           metrics: metricsAddress.withLock { $0 }, tasks: list, sandboxes: pods.values.sorted { $0.id < $1.id }, mounts: mounts, memory: memory,
                           requests: requests.snapshot(), networks: networks.compactMap { try? NetworkStatus($0) },
-                          disks: disks.flatMap { DiskStatus($0, stateRoot: stateRoot) })
+                          disks: disks.flatMap { DiskStatus($0, stateRoot: stateRoot) }, peer: peer?.stats())
     }
 
     /// RSS and PSS of a process in KiB (smaps_rollup).
@@ -217,6 +232,15 @@ final class NodeStatusService: TTRPCService, Sendable {
             metric("disk_node_allocated_bytes", "gauge", "Bytes the sparse node disk file holds.", [("", "\(d.allocatedBytes)")])
             metric("disk_used_bytes", "gauge", "Bytes in use on each sandbox's disk.",
                    d.disks.compactMap { e in e.usedBytes.map { ("sandbox=\"\(MetricsEndpoint.escape(e.owner ?? ""))\"", "\($0)") } })
+        }
+        metric("lazy_fetched_bytes_total", "counter", "Compressed bytes the lazy mounts fetched, from the registry (and its mirrors) and from other nodes.",
+               [("from=\"registry\"", "\(s.mounts.compactMap(\.bytesFromRegistry).reduce(0, +))"),
+                ("from=\"peers\"", "\(s.mounts.compactMap(\.bytesFromPeers).reduce(0, +))")])
+        if let p = s.peer {
+            metric("peer_uploaded_bytes_total", "counter", "Bytes the node's peer served other nodes.", [("", "\(p.bytesUploaded)")])
+            metric("peer_requests_total", "counter", "Requests to the node's peer, by answer.",
+                   [("answer=\"served\"", "\(p.uploads)"), ("answer=\"not_held\"", "\(p.notHeld)"),
+                    ("answer=\"unauthorized\"", "\(p.unauthorized)"), ("answer=\"busy\"", "\(p.busy)")])
         }
         metric("uptime_seconds", "gauge", "Seconds since the daemon started.", [("", String(format: "%.1f", s.uptimeSeconds))])
         metric("restarts_total", "counter", "Daemons the supervisor started after one died.", [("", "\(s.restarts)")])
@@ -274,7 +298,12 @@ struct NodeStatusCommand: AsyncParsableCommand {
         for m in s.mounts {
             let server = m.serverPID.map { "server \($0)" } ?? "no server"
             let pss = m.pssKiB.map { ", PSS \($0) KiB" } ?? ""
-            print("\(m.image.isEmpty ? m.mountPoint : m.image)  \(m.mode)  \(server)\(pss), \(m.takeovers) takeovers")
+            let fetched = m.bytesFromRegistry.map { r in ", fetched \(r >> 10) KiB from the registry, \((m.bytesFromPeers ?? 0) >> 10) KiB from peers" } ?? ""
+            print("\(m.image.isEmpty ? m.mountPoint : m.image)  \(m.mode)  \(server)\(pss), \(m.takeovers) takeovers\(fetched)")
+        }
+        if let p = s.peer {
+            print("\nPEER (served to other nodes)")
+            print("\(p.bytesUploaded >> 10) KiB in \(p.uploads) answers; \(p.notHeld) not held, \(p.unauthorized) refused (no token), \(p.busy) busy")
         }
         print("\nMEMORY")
         print("daemon RSS \(s.memory.daemonRSSKiB) KiB, PSS \(s.memory.daemonPSSKiB) KiB; mount servers PSS \(s.memory.mountServersPSSKiB) KiB"

@@ -168,9 +168,19 @@ struct NodeRun: AsyncParsableCommand {
                                 disks: diskConfig.map { SandboxDisks(pool: $0, stateRoot: state) })
         let snapshots = try await startSnapshotter(reaper: reaper, mountPolicy: mountPolicy, keepCompressed: peer != nil, logger: logger)
         let requests = TTRPCRequestStats()
+        let peerServer = peer.map { configuration -> PeerServer in
+            var configuration = configuration
+            // Preheats as the lazy mounts fetch: the node's store, cache and P2P options.
+            let args = ["--store", root + "/store", "--log-level", logLevel] + lazyMountOptions(keepCompressed: true)
+            let cache = root + "/cache", preheatLogger = logger
+            configuration.preheat = { request in
+                try await preheatProcess(request, cache: cache, args: args, reaper: reaper, logger: preheatLogger)
+            }
+            return PeerServer(reader: CacheReader(directory: cache, store: root + "/store"), configuration: configuration, logger: logger)
+        }
         let status = NodeStatusService(tasks: tasks, keeper: snapshots?.keeper, root: root, socket: shimSocket,
                                        supervisorPID: link == nil ? nil : getppid(), generation: workerGeneration, requests: requests,
-                                       networks: networks, disks: diskConfig, stateRoot: state)
+                                       networks: networks, disks: diskConfig, stateRoot: state, peer: peerServer)
         let server: TTRPCServer? = shimSocket == "none" ? nil
             : TTRPCServer(path: shimSocket, services: [tasks, status], logger: logger, requests: requests)
         if let link, let server {
@@ -221,10 +231,7 @@ struct NodeRun: AsyncParsableCommand {
         if let snapshots { services.append(SnapshotterServerService(server: snapshots.server, task: snapshots.task)) }
         if !networks.isEmpty { services.append(NetworkPoolService(configs: networks, logger: logger)) }
         if let diskConfig { services.append(DiskPoolService(config: diskConfig, logger: logger)) }
-        if let peer {
-            let cache = CacheReader(directory: root + "/cache")
-            services.append(PeerService(server: PeerServer(reader: cache, configuration: peer, logger: logger)))
-        }
+        if let peerServer { services.append(PeerService(server: peerServer)) }
         let group = ServiceGroup(configuration: .init(services: services.map { .init(service: $0) },
                                                       gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
@@ -267,16 +274,22 @@ struct SnapshotterServerService: Service {
 }
 
 extension NodeRun {
+    /// What the lazy mounts (and preheats) are given: registry hosts and, with trackers, the P2P options.
+    func lazyMountOptions(keepCompressed: Bool) -> [String] {
+        var options = ["--hosts-dir", hostsDir] + (keepCompressed ? ["--keep-compressed"] : [])
+        if let trackers, let peerListen, let peerTokenFile {
+            options += ["--trackers", trackers, "--peer-address", peerListen, "--peer-token-file", peerTokenFile]
+        }
+        return options
+    }
+
     /// The snapshotter's store under ROOT/snapshotter, its lazy mounts made by
     /// this executable, served on the snapshotter socket.
     func startSnapshotter(reaper: Reaper, mountPolicy: SnapshotStore.MountPolicy, keepCompressed: Bool, logger: Logger) async throws -> (server: SnapshotServer, task: Task<Void, any Error>, keeper: FUSEKeeper)? {
         guard snapshotterSocket != "none" else { return nil }
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        var mountOptions = ["--hosts-dir", hostsDir] + (keepCompressed ? ["--keep-compressed"] : [])
-        if let trackers, let peerListen, let peerTokenFile {
-            mountOptions += ["--trackers", trackers, "--peer-address", peerListen, "--peer-token-file", peerTokenFile]
-        }
-        let mounter = ProcessImageMounter(executable: exe, store: root + "/store", cache: root + "/cache", options: mountOptions,
+        let mounter = ProcessImageMounter(executable: exe, store: root + "/store", cache: root + "/cache",
+                                          options: lazyMountOptions(keepCompressed: keepCompressed),
                                           reaper: reaper, logger: logger)
         let store: SnapshotStore
         do { store = try SnapshotStore(root: root + "/snapshotter", mounter: mounter, mountPolicy: mountPolicy, logger: logger) } catch {

@@ -4,6 +4,7 @@ import KangarooChunks
 import KangarooP2P
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 struct PeerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -25,6 +26,10 @@ struct PeerCommand: AsyncParsableCommand {
     @Flag(help: "Serve anyone, without a token (a network of trusted hosts only).") var noAuth = false
     @Option(help: "Uploads served at once; more get 503 and go elsewhere.") var maxUploads: Int = 16
     @Option(help: "Cap the upload bandwidth, bytes per second (K/M/G allowed; 0: no cap).") var maxUploadRate: String = "0"
+    @Option(help: "Trackers for the preheats this peer runs (POST /v1/preheat; HOST:PORT,...): they then take chunks from other nodes.")
+    var trackers: String?
+    @Option(help: "Where other nodes reach this peer (HOST:PORT; default: the --listen address with the bound port).")
+    var advertise: String?
 
     func run() async throws {
         let logger = options.makeLogger("kangaroo.peer")
@@ -45,7 +50,25 @@ struct PeerCommand: AsyncParsableCommand {
             var configuration = PeerServer.Configuration(host: address.host, port: Int(address.port), token: token)
             configuration.maxUploads = maxUploads
             configuration.maxUploadBytesPerSecond = UInt64(rate)
-            let server = PeerServer(reader: CacheReader(directory: cache), configuration: configuration, logger: logger)
+            // Preheats run this executable on the same cache, store and registry hosts.
+            let serving = Mutex<PeerServer?>(nil)
+            let listenHost = address.host, advertise = self.advertise, trackers = self.trackers, options = self.options
+            let cache = self.cache, tokenFile = self.tokenFile
+            if trackers != nil, tokenFile == nil { throw CLIError("--trackers needs --token-file (trackers and peers check the cluster token)") }
+            if let advertise { _ = try parseHostPort(advertise, option: "--advertise") }
+            if trackers != nil, advertise == nil, listenHost == "0.0.0.0" {
+                throw CLIError("--trackers with --listen on 0.0.0.0 needs --advertise (the address other nodes reach)")
+            }
+            configuration.preheat = { request in
+                var args = ["--store", options.store, "--hosts-dir", options.hostsDir, "--log-level", options.logLevel, "--keep-compressed"]
+                if options.plainHTTP { args.append("--plain-http") }
+                if let trackers, let tokenFile {
+                    args += ["--trackers", trackers, "--peer-address", advertise ?? "\(listenHost):\(serving.withLock { $0 }?.boundPort ?? 0)", "--peer-token-file", tokenFile]
+                }
+                return try await preheatProcess(request, cache: cache, args: args, reaper: nil, logger: logger)
+            }
+            let server = PeerServer(reader: CacheReader(directory: cache, store: options.store), configuration: configuration, logger: logger)
+            serving.withLock { $0 = server }
             let group = ServiceGroup(configuration: .init(services: [.init(service: PeerService(server: server))],
                                                           gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()

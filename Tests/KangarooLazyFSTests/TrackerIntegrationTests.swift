@@ -1,5 +1,6 @@
 import Foundation
 import KangarooTestSupport
+import KangarooLazyFS
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -123,5 +124,43 @@ struct TrackerIntegrationTests {
         let stranger = try run("curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://\(c.trackers[1].address)/v1/stats"])
         #expect(stranger.stdout == "401")
         try c.tmp.kangaroo(["image", "umount", c.tmp.sub("mp-honest")])
+    }
+
+    @Test("preheat on three nodes: each cache gets every chunk, the registry serves about one copy; strangers cannot start one")
+    func preheatNodes() throws {
+        let c = try Cluster("p2p-preheat")
+        let trackers = c.trackers.map(\.address).joined(separator: ",")
+        var peers: [ListeningProcess] = []
+        for n in ["n1", "n2", "n3"] {
+            let cache = c.tmp.sub("cache-" + n)
+            try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+            peers.append(try ListeningProcess(["peer", "--cache", cache, "--listen", "127.0.0.1:0", "--token-file", c.tokenFile,
+                                               "--trackers", trackers, "--store", c.tmp.sub("store-" + n), "--hosts-dir", c.tmp.sub("no-hosts"),
+                                               "--log-level", "info"], marker: "peer listening on ", log: c.tmp.sub("peer-\(n).log")))
+        }
+        let nodes = peers.map(\.address).joined(separator: ",")
+        let out = try run(TestEnv.kangaroo, ["image", "preheat", "--all", "--json", "--nodes", nodes, "--peer-token-file", c.tokenFile, c.ref])
+        let json = try JSONSerialization.jsonObject(with: Data(out.stdout.utf8)) as? [String: [String: Any]] ?? [:]
+        let summaries = peers.compactMap { json[$0.address]?["summary"] as? [String: Any] }
+        #expect(summaries.count == 3, "\(out.stdout)")
+        let registry = summaries.map { $0["bytesFromRegistry"] as? Int ?? 0 }
+        let perNode = summaries.map { ($0["bytesFromRegistry"] as? Int ?? 0) + ($0["bytesFromPeers"] as? Int ?? 0) }.max() ?? 0
+        #expect(perNode > 0)
+        #expect(Double(registry.reduce(0, +)) <= 1.25 * Double(perNode), "registry gave \(registry) for \(perNode) per node")
+        // Every cache is complete: a mount of each is the kernel's, equal to the image.
+        for n in ["n2", "n3"] {
+            try MirrorIntegrationTests.mount(c.tmp, c.ref, label: n, hostsDir: c.tmp.sub("no-hosts"), ["--mode", "auto"])
+            #expect(MountControl.mountedType(c.tmp.sub("mp-" + n)) == "erofs", "node \(n)'s cache is not complete")
+            try expectSameTree(c.tmp.sub("kernel"), c.tmp.sub("mp-" + n), "node \(n) after preheat")
+            try c.tmp.kangaroo(["image", "umount", c.tmp.sub("mp-" + n)])
+        }
+        // Without the token: refused. A bad reference: the job fails with a message.
+        let stranger = try run("curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d", "{\"reference\":\"\(c.ref)\",\"all\":true}",
+                                        "http://\(peers[0].address)/v1/preheat"])
+        #expect(stranger.stdout == "401")
+        let bad = try run(TestEnv.kangaroo, ["image", "preheat", "--nodes", peers[0].address, "--peer-token-file", c.tokenFile,
+                                             "\(c.origin.host)/no/such:image"], check: false)
+        #expect(bad.status != 0)
+        #expect(bad.stdout.contains("failed") && bad.stderr.contains("preheat failed on 1 of 1 nodes"), "\(bad.stdout) \(bad.stderr)")
     }
 }
