@@ -162,6 +162,15 @@ public final class ChunkCache: Sendable {
                 return true
             }
         }
+
+        /// How many blocks from `start` on (at most `limit`) are set.
+        func setRun(from start: UInt64, limit: UInt64) -> UInt64 {
+            bits.withLock { bits in
+                var n: UInt64 = 0
+                while n < limit, Int((start + n) / 8) < bits.count, bits[Int((start + n) / 8)] & (1 << UInt8((start + n) % 8)) != 0 { n += 1 }
+                return n
+            }
+        }
     }
 
     public let directory: String
@@ -227,14 +236,20 @@ public final class ChunkCache: Sendable {
     /// sequential readahead on the cache file rarely kicks in and every
     /// cold read waits for the disk. Files of a directory sit next to each
     /// other in the blob: when a read gets near the end of the last hinted
-    /// window, ask the kernel (WILLNEED, asynchronous) for the next 1 MiB.
+    /// window, ask the kernel (WILLNEED, asynchronous) for what is cached
+    /// of the next 1 MiB (holes are not: the kernel would zero-fill pages
+    /// for them, costing CPU and page cache for nothing while a cold
+    /// mount's cache is mostly holes).
     static let readAheadWindow: UInt64 = 1 << 20
 
     static func readAhead(_ file: BlobFile, from end: UInt64) {
         let hinted = file.hinted.load(ordering: .relaxed)
         guard end + readAheadWindow / 2 > hinted || end + 2 * readAheadWindow < hinted else { return }
         file.hinted.store(end + readAheadWindow, ordering: .relaxed)
-        _ = posix_fadvise(file.dataFD, off_t(end), off_t(readAheadWindow), POSIX_FADV_WILLNEED)
+        let start = end & ~4095
+        let cached = file.setRun(from: start / 4096, limit: readAheadWindow / 4096) * 4096
+        guard cached > end - start else { return }
+        _ = posix_fadvise(file.dataFD, off_t(end), off_t(cached - (end - start)), POSIX_FADV_WILLNEED)
     }
 
     /// Persists verified chunks (ToC index, uncompressed bytes) in the

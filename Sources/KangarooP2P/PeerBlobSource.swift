@@ -91,6 +91,24 @@ public final class PeerBlobSource: PlanningBlobSource, Sendable {
     let parents = Mutex<[String: RegistryClient]>([:])
     /// Parents this node will not ask again (bytes that failed verification).
     let blocked = Mutex<Set<String>>([])
+    /// Parents that failed a request (refused, timed out): not asked again
+    /// until the time given (monotonic seconds).
+    let shunned = Mutex<[String: Double]>([:])
+    static let shunSeconds = 30.0
+
+    /// Parents not to ask now: blocked and shunned ones.
+    func avoided() -> [String] {
+        let now = Self.now()
+        let shunnedNow = shunned.withLock { table in
+            table = table.filter { $0.value > now }
+            return Array(table.keys)
+        }
+        return blocked.withLock { Array($0) } + shunnedNow
+    }
+
+    func shun(_ node: String) {
+        shunned.withLock { $0[node] = Self.now() + Self.shunSeconds }
+    }
 
     public init(_ configuration: Configuration, logger: Logger) {
         self.configuration = configuration
@@ -135,7 +153,7 @@ public final class PeerBlobSource: PlanningBlobSource, Sendable {
     public func wholeBlob(_ digest: KangarooOCI.Digest, size: Int64) -> [UInt8]? {
         guard size > 0, size < 1 << 30, digest.algorithm == "sha256" else { return nil }
         let deadline = Self.now() + Self.seconds(configuration.wait)
-        var exclude = blocked.withLock { Array($0) }
+        var exclude = avoided()
         while Self.now() < deadline {
             guard let answer = try? lookup(digest, [Self.wholeBlob], exclude: exclude), answer.seed.isEmpty else { return nil }
             if let node = answer.parents.first?.node {
@@ -147,6 +165,7 @@ public final class PeerBlobSource: PlanningBlobSource, Sendable {
                     blocked.withLock { _ = $0.insert(node) }
                     report(digest, peer: node)
                 }
+                if bytes == nil { shun(node) }
                 exclude.append(node)
                 continue
             }
@@ -182,7 +201,7 @@ public final class PeerBlobSource: PlanningBlobSource, Sendable {
         }
         let entries = Array(toc.entries[covering])
         let deadline = Self.now() + Self.seconds(configuration.wait)
-        var exclude = blocked.withLock { Array($0) }
+        var exclude = avoided()
         var got: [UInt64: [UInt8]] = [:]   // chunk offset: its compressed bytes
         var fromParents: [(node: String, run: Range<UInt64>)] = []
         var pending = entries
@@ -204,7 +223,9 @@ public final class PeerBlobSource: PlanningBlobSource, Sendable {
                     Self.split(bytes, run: run, chunks: chunks, into: &got)
                     fromParents.append((node, run))
                 } catch {
-                    logger.notice("peer fetch of \(digest) failed; trying other parents", metadata: ["parent": "\(node)", "error": "\(error)"])
+                    logger.notice("peer fetch of \(digest) failed; not asking that parent for \(Int(Self.shunSeconds)) s",
+                                  metadata: ["parent": "\(node)", "error": "\(error)"])
+                    shun(node)
                     exclude.append(node)
                 }
             }

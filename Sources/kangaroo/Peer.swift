@@ -15,7 +15,9 @@ struct PeerCommand: AsyncParsableCommand {
         registry would give, for ranges of whole chunks this node holds (404 otherwise). Other nodes list it \
         as a mirror in their hosts.toml with the header Authorization = "Bearer <token>"; they verify every \
         chunk against its digest, so a peer is never trusted with content. Mounts keep what a peer serves of \
-        compressed chunks with --keep-compressed. docs/P2P.md.
+        compressed chunks with --keep-compressed. Whole blobs of --store (bootstraps) are served too. \
+        POST /v1/preheat runs `kangaroo image preheat` on this cache and store (through --trackers if \
+        given); GET /v1/stats counts what was served. docs/P2P.md.
         """)
 
     @OptionGroup var options: GlobalOptions

@@ -11,8 +11,8 @@ import Glibc
        .enabled(if: TestEnv.enabled, "needs root and KANGAROO_INTEGRATION=1"))
 struct PeerIntegrationTests {
     /// A `kangaroo peer` serving `cache`.
-    static func peer(cache: String, tokenFile: String?, log: String) throws -> ListeningProcess {
-        try ListeningProcess(["peer", "--cache", cache, "--listen", "127.0.0.1:0", "--log-level", "info"]
+    static func peer(cache: String, tokenFile: String?, log: String, _ extra: [String] = []) throws -> ListeningProcess {
+        try ListeningProcess(["peer", "--cache", cache, "--listen", "127.0.0.1:0", "--log-level", "info"] + extra
                              + (tokenFile.map { ["--token-file", $0] } ?? ["--no-auth"]), marker: "peer listening on ", log: log)
     }
 

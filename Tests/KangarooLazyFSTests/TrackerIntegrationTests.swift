@@ -31,10 +31,11 @@ struct TrackerIntegrationTests {
         }
 
         /// Node `label`: its peer started, its mount made (bootstrap only).
-        func mountNode(_ label: String) throws {
+        func mountNode(_ label: String, peer peerArgs: [String] = []) throws {
             let cache = tmp.sub("cache-" + label)
             try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
-            let peer = try PeerIntegrationTests.peer(cache: cache, tokenFile: tokenFile, log: tmp.sub("peer-\(label).log"))
+            let peer = try PeerIntegrationTests.peer(cache: cache, tokenFile: tokenFile, log: tmp.sub("peer-\(label).log"),
+                                                     ["--store", tmp.sub("store-" + label)] + peerArgs)
             peers[label] = peer
             try MirrorIntegrationTests.mount(tmp, ref, label: label, hostsDir: tmp.sub("no-hosts"), [
                 "--trackers", trackers.map(\.address).joined(separator: ","), "--peer-address", peer.address,
@@ -162,5 +163,36 @@ struct TrackerIntegrationTests {
                                              "\(c.origin.host)/no/such:image"], check: false)
         #expect(bad.status != 0)
         #expect(bad.stdout.contains("failed") && bad.stderr.contains("preheat failed on 1 of 1 nodes"), "\(bad.stdout) \(bad.stderr)")
+    }
+
+    @Test("a dead parent and a crawling parent: children finish from other parents or the registry, trees equal")
+    func deadAndSlowParents() throws {
+        let c = try Cluster("p2p-faults")
+        // A parent whose peer died: the child is told about it, is refused,
+        // excludes it and seeds from the registry.
+        try c.mountNode("dead")
+        c.read(["dead"])
+        c.peers["dead"]!.stop()
+        var start = Date()
+        try c.mountNode("orphan")
+        c.read(["orphan"])
+        let orphan = try c.bytes("orphan")
+        #expect(orphan.origin > 0 && orphan.peer == 0, "\(orphan.stats)")
+        #expect(Date().timeIntervalSince(start) < 20, "a dead parent cost \(Date().timeIntervalSince(start)) s")
+        // A parent capped at 2 mbit: a range it cannot deliver within
+        // --peer-wait (3 s) is asked of the next parent.
+        try c.tmp.kangaroo(["image", "umount", c.tmp.sub("mp-dead")])
+        try c.mountNode("slow", peer: ["--max-upload-rate", "256K"])
+        c.read(["slow"])
+        start = Date()
+        try c.mountNode("child")
+        c.read(["child"])
+        let child = try c.bytes("child")
+        let elapsed = Date().timeIntervalSince(start)
+        #expect(child.peer > 0, "\(child.stats)")
+        let total = child.peer + child.origin
+        // At 256 KiB/s the slow parent alone would take total/256K seconds.
+        #expect(elapsed < Double(total) / 262_144, "the child took \(elapsed) s for \(total) bytes")
+        for n in ["orphan", "slow", "child"] { try c.tmp.kangaroo(["image", "umount", c.tmp.sub("mp-" + n)]) }
     }
 }
