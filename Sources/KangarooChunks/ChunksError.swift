@@ -30,7 +30,7 @@ public struct ChunksError: Error, CustomStringConvertible, Sendable {
 }
 
 /// Wraps a non-Sendable-typed error as an underlying cause.
-struct ErrorText: Error, Sendable, CustomStringConvertible {
-    let description: String
-    init(_ error: any Error) { description = String(describing: error) }
+public struct ErrorText: Error, Sendable, CustomStringConvertible {
+    public let description: String
+    public init(_ error: any Error) { description = String(describing: error) }
 }

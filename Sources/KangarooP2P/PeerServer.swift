@@ -256,7 +256,7 @@ public final class PreheatClient: Sendable {
             response = try await http.execute(request, timeout: .seconds(10))
             data = try await response.body.collect(upTo: 1 << 20)
         } catch {
-            throw ChunksError(.unavailable, "node \(node): its peer does not answer", underlying: ErrorDescription(error))
+            throw ChunksError(.unavailable, "node \(node): its peer does not answer", underlying: ErrorText(error))
         }
         guard response.status == .ok || response.status == .accepted else {
             throw ChunksError(.unavailable, "node \(node) answered \(response.status.code): \(String(buffer: data).prefix(500))")
@@ -265,9 +265,4 @@ public final class PreheatClient: Sendable {
             throw ChunksError(.unavailable, "node \(node): its answer is not a preheat job: \(error)")
         }
     }
-}
-
-struct ErrorDescription: Error, Sendable, CustomStringConvertible {
-    let description: String
-    init(_ error: any Error) { description = String(describing: error) }
 }

@@ -43,21 +43,27 @@ struct ChunkSourceOptions: ParsableArguments {
         case .registry(let ref):
             let store = try options.openStore()
             let peers = try peerSource(logger: logger)
-            let descriptor = try await options.withPullHosts(ref, logger: logger) { client in
-                try await pullBootstrap(ref, client: client, into: store, peers: peers, logger: logger)
-            }
-            let image = try KangarooImage.load(from: store, descriptor: descriptor)
-            // Chunks by blob digest from the registry's mirrors, then the registry.
-            let creds = try options.credentials().map { RegistryClient.Credentials(username: $0.username, password: $0.password) }
-            let blobs = try MirroredBlobSource.registry(
-                try options.registryHosts(for: ref, logger: logger), repository: ref.repository, credentials: creds,
-                timeout: .milliseconds(Int64(deadline * 1000)), mirrorTimeout: .milliseconds(Int64(mirrorTimeout * 1000)),
-                retries: options.registryRetries, peers: peers.map { ("trackers \($0.ring.trackers.joined(separator: ","))", $0) },
-                logger: logger)
-            return (image, BlobChunkSource(blobs, image: image), {
-                await blobs.shutdown()
+            do {
+                let descriptor = try await options.withPullHosts(ref, logger: logger) { client in
+                    try await pullBootstrap(ref, client: client, into: store, peers: peers, logger: logger)
+                }
+                let image = try KangarooImage.load(from: store, descriptor: descriptor)
+                // Chunks by blob digest from the registry's mirrors, then the registry.
+                let creds = try options.credentials().map { RegistryClient.Credentials(username: $0.username, password: $0.password) }
+                let blobs = try MirroredBlobSource.registry(
+                    try options.registryHosts(for: ref, logger: logger), repository: ref.repository, credentials: creds,
+                    timeout: .milliseconds(Int64(deadline * 1000)), mirrorTimeout: .milliseconds(Int64(mirrorTimeout * 1000)),
+                    retries: options.registryRetries, peers: peers.map { ("trackers \($0.ring.trackers.joined(separator: ","))", $0) },
+                    logger: logger)
+                return (image, BlobChunkSource(blobs, image: image), {
+                    await blobs.shutdown()
+                    await peers?.shutdown()
+                })
+            } catch {
+                // Its HTTP client must be shut down before it goes (a trap otherwise).
                 await peers?.shutdown()
-            })
+                throw error
+            }
         case .store(let name):
             let store = try options.openStore()
             let image = try KangarooImage.load(from: store, tag: storeTag(name))

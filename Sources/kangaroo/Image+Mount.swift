@@ -82,67 +82,73 @@ extension ImageCommand {
 
                 let cacheDirectory = MountControl.normalize(chunks.cache)
                 let (image, resolved, closeSource) = try await chunks.resolve(reference, options: options, logger: logger)
-                let source: any ChunkSource = rate > 0 ? RateLimitedChunkSource(resolved, bytesPerSecond: UInt64(rate)) : resolved
-                var takeover: LazyMount.Takeover?
-                if let fd = takeoverFd {
-                    // A keeper hands over the connection of a dead server:
-                    // serve it as that server did (its state file says how).
-                    guard let old = MountControl.readState(mountPoint), old.mode == "fuse", let minor = old.fuseMinor,
-                          let flags = old.fuseFlags, MountControl.mountedType(mountPoint) == "fuse.kangaroo" else {
-                        throw CLIError("--takeover-fd: \(mountPoint) is not a failover FUSE mount of kangaroo image mount")
+                do {
+                    let source: any ChunkSource = rate > 0 ? RateLimitedChunkSource(resolved, bytesPerSecond: UInt64(rate)) : resolved
+                    var takeover: LazyMount.Takeover?
+                    if let fd = takeoverFd {
+                        // A keeper hands over the connection of a dead server:
+                        // serve it as that server did (its state file says how).
+                        guard let old = MountControl.readState(mountPoint), old.mode == "fuse", let minor = old.fuseMinor,
+                              let flags = old.fuseFlags, MountControl.mountedType(mountPoint) == "fuse.kangaroo" else {
+                            throw CLIError("--takeover-fd: \(mountPoint) is not a failover FUSE mount of kangaroo image mount")
+                        }
+                        takeover = LazyMount.Takeover(descriptor: fd, minor: minor, rawFlags: flags)
                     }
-                    takeover = LazyMount.Takeover(descriptor: fd, minor: minor, rawFlags: flags)
-                }
-                let complete = try ChunkCache(directory: cacheDirectory, bootstrap: image.bootstrap).isComplete
-                if takeover == nil && (mode == "kernel" || (mode == "auto" && complete)) {
-                    try KernelMount.mount(image: image, cacheDirectory: cacheDirectory, at: mountPoint)
-                    emit("mounted \(reference) at \(mountPoint) (kernel erofs) in \(milliseconds(since: started)) ms")
-                    try MountControl.writeState(.init(pid: 0, mountPoint: mountPoint, cacheDirectory: cacheDirectory,
-                                                      mode: "kernel", image: reference))
+                    let complete = try ChunkCache(directory: cacheDirectory, bootstrap: image.bootstrap).isComplete
+                    if takeover == nil && (mode == "kernel" || (mode == "auto" && complete)) {
+                        try KernelMount.mount(image: image, cacheDirectory: cacheDirectory, at: mountPoint)
+                        emit("mounted \(reference) at \(mountPoint) (kernel erofs) in \(milliseconds(since: started)) ms")
+                        try MountControl.writeState(.init(pid: 0, mountPoint: mountPoint, cacheDirectory: cacheDirectory,
+                                                          mode: "kernel", image: reference))
+                        await closeSource?()
+                        return
+                    }
+
+                    var mountOptions = LazyMount.Options(mountPoint: mountPoint, cacheDirectory: cacheDirectory)
+                    mountOptions.prefetch = prefetchMode
+                    mountOptions.prefetchConcurrency = max(1, prefetchConcurrency)
+                    mountOptions.threads = max(1, threads)
+                    mountOptions.ioUring = ioUring == "auto"
+                    mountOptions.prefill = prefillSize > 0 ? LazyFileSystem.Prefill(maxFileSize: prefillSize) : .off
+                    mountOptions.fetch = chunks.fetchConfiguration
+                    mountOptions.fetch.mergeGap = UInt64(gap)
+                    mountOptions.fetch.keepCompressed = keepCompressed || chunks.trackers != nil
+                    mountOptions.tracePath = trace.map(MountControl.normalize)
+                    mountOptions.statsPath = MountControl.statsPath(mountPoint)
+                    mountOptions.metricsAddress = metricsAddress
+                    mountOptions.failover = failover
+                    mountOptions.takeover = takeover
+                    try MountControl.makeRunDirectory()
+                    let lazy = try LazyMount(image: image, source: source, options: mountOptions, logger: logger)
+                    try lazy.start()
+                    emit("\(takeover == nil ? "mounted" : "took over") \(reference) at \(mountPoint) (fuse) in \(milliseconds(since: started)) ms")
+                    if let address = metricsAddress, let port = lazy.metricsPort {
+                        emit("metrics at http://\(address.host):\(port)/metrics")
+                    }
+                    var state = MountControl.State(pid: getpid(), mountPoint: mountPoint, cacheDirectory: cacheDirectory,
+                                                   mode: "fuse", image: reference)
+                    if let f = lazy.failoverState {
+                        state.fuseDescriptor = f.descriptor
+                        state.fuseMinor = f.minor
+                        state.fuseFlags = f.flags
+                    }
+                    try MountControl.writeState(state)
+
+                    let signals = installSignalHandlers { try? lazy.stop() }
+                    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                        Thread.detachNewThread {
+                            lazy.wait()
+                            continuation.resume()
+                        }
+                    }
+                    _ = signals
+                    if MountControl.readState(mountPoint)?.pid == getpid() { MountControl.removeState(mountPoint) }
                     await closeSource?()
-                    return
+                } catch {
+                    // Its HTTP clients must be shut down before they go (a trap otherwise).
+                    await closeSource?()
+                    throw error
                 }
-
-                var mountOptions = LazyMount.Options(mountPoint: mountPoint, cacheDirectory: cacheDirectory)
-                mountOptions.prefetch = prefetchMode
-                mountOptions.prefetchConcurrency = max(1, prefetchConcurrency)
-                mountOptions.threads = max(1, threads)
-                mountOptions.ioUring = ioUring == "auto"
-                mountOptions.prefill = prefillSize > 0 ? LazyFileSystem.Prefill(maxFileSize: prefillSize) : .off
-                mountOptions.fetch = chunks.fetchConfiguration
-                mountOptions.fetch.mergeGap = UInt64(gap)
-                mountOptions.fetch.keepCompressed = keepCompressed || chunks.trackers != nil
-                mountOptions.tracePath = trace.map(MountControl.normalize)
-                mountOptions.statsPath = MountControl.statsPath(mountPoint)
-                mountOptions.metricsAddress = metricsAddress
-                mountOptions.failover = failover
-                mountOptions.takeover = takeover
-                try MountControl.makeRunDirectory()
-                let lazy = try LazyMount(image: image, source: source, options: mountOptions, logger: logger)
-                try lazy.start()
-                emit("\(takeover == nil ? "mounted" : "took over") \(reference) at \(mountPoint) (fuse) in \(milliseconds(since: started)) ms")
-                if let address = metricsAddress, let port = lazy.metricsPort {
-                    emit("metrics at http://\(address.host):\(port)/metrics")
-                }
-                var state = MountControl.State(pid: getpid(), mountPoint: mountPoint, cacheDirectory: cacheDirectory,
-                                               mode: "fuse", image: reference)
-                if let f = lazy.failoverState {
-                    state.fuseDescriptor = f.descriptor
-                    state.fuseMinor = f.minor
-                    state.fuseFlags = f.flags
-                }
-                try MountControl.writeState(state)
-
-                let signals = installSignalHandlers { try? lazy.stop() }
-                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                    Thread.detachNewThread {
-                        lazy.wait()
-                        continuation.resume()
-                    }
-                }
-                _ = signals
-                if MountControl.readState(mountPoint)?.pid == getpid() { MountControl.removeState(mountPoint) }
-                await closeSource?()
             } catch {
                 fail(error)
             }
