@@ -36,11 +36,14 @@ public final class MirroredBlobSource: BlobSource, SourceReporting {
     final class Entry: Sendable {
         let host: RegistryHost
         let source: any BlobSource
+        /// `source` as a planning source, cast once (not on every read).
+        let planning: (any PlanningBlobSource)?
         let state: Mutex<(health: Health, stats: SourceStats)>
 
         init(host: RegistryHost, source: any BlobSource, role: String? = nil) {
             self.host = host
             self.source = source
+            planning = source as? any PlanningBlobSource
             state = Mutex((.up, SourceStats(name: host.url, role: role ?? (host.isMirror ? "mirror" : "origin"))))
         }
 
@@ -64,6 +67,8 @@ public final class MirroredBlobSource: BlobSource, SourceReporting {
     }
 
     let entries: [Entry]
+    /// Per entry with a planning source: the hosts after it, as its origin.
+    let origins: [Int: MirroredBlobSource]
     let clients: [RegistryClient]
     let logger: Logger
     static let firstBackoff = 1.0
@@ -73,7 +78,9 @@ public final class MirroredBlobSource: BlobSource, SourceReporting {
     /// Hosts in the order they are tried, each with its source (and a
     /// role for stats; by default mirror or origin).
     public init(_ hosts: [(RegistryHost, any BlobSource, String?)], clients: [RegistryClient] = [], logger: Logger) {
-        entries = hosts.map { Entry(host: $0.0, source: $0.1, role: $0.2) }
+        let entries = hosts.map { Entry(host: $0.0, source: $0.1, role: $0.2) }
+        self.entries = entries
+        self.origins = Self.origins(entries, logger: logger)
         self.clients = clients
         self.logger = logger
     }
@@ -81,8 +88,17 @@ public final class MirroredBlobSource: BlobSource, SourceReporting {
     /// The hosts after a planning source, sharing their health and stats.
     init(entries: ArraySlice<Entry>, logger: Logger) {
         self.entries = Array(entries)
+        self.origins = Self.origins(self.entries, logger: logger)
         self.clients = []
         self.logger = logger
+    }
+
+    static func origins(_ entries: [Entry], logger: Logger) -> [Int: MirroredBlobSource] {
+        var out: [Int: MirroredBlobSource] = [:]
+        for (i, entry) in entries.enumerated() where entry.planning != nil {
+            out[i] = MirroredBlobSource(entries: entries[(i + 1)...], logger: logger)
+        }
+        return out
     }
 
     /// The pull hosts of `hosts` for `repository`: mirrors answer within
@@ -133,24 +149,22 @@ public final class MirroredBlobSource: BlobSource, SourceReporting {
 
     public func read(_ digest: Digest, range: Range<UInt64>, accept: ([UInt8]) -> Bool) throws(ChunksError) -> [UInt8] {
         var failures: [String] = []
-        var skipped: [Entry] = []
+        var skipped: [(Int, Entry)] = []
         var rejected: [UInt8]?
         let now = Self.now()
         for (i, entry) in entries.enumerated() {
-            guard entry.admit(now: now) else { skipped.append(entry); continue }
+            guard entry.admit(now: now) else { skipped.append((i, entry)); continue }
             if let bytes = attempt(entry, i, digest, range, accept, &failures, &rejected) { return bytes }
         }
         // Every host that was in use failed: try those that were down (not
         // the blocked ones), in order.
-        for entry in skipped {
+        for (i, entry) in skipped {
             let retry = entry.state.withLock { s -> Bool in
                 guard case .down(_, let n) = s.health else { return false }
                 s.health = .probing(failures: n)
                 return true
             }
-            if retry, let bytes = attempt(entry, entries.firstIndex { $0 === entry }!, digest, range, accept, &failures, &rejected) {
-                return bytes
-            }
+            if retry, let bytes = attempt(entry, i, digest, range, accept, &failures, &rejected) { return bytes }
         }
         if let rejected { return rejected }
         throw ChunksError(.exhausted, "bytes \(range) of \(digest): every host failed: " + failures.joined(separator: "; "))
@@ -167,9 +181,8 @@ public final class MirroredBlobSource: BlobSource, SourceReporting {
             // from the hosts after it (counted in their rows).
             let bytes: [UInt8]
             let own: UInt64
-            let planning = entry.source as? any PlanningBlobSource
-            if let planning {
-                let origin = MirroredBlobSource(entries: entries[(index + 1)...], logger: logger)
+            let planning = entry.planning
+            if let planning, let origin = origins[index] {
                 let result = try planning.read(digest, range: range, accept: accept, origin: origin)
                 bytes = result.bytes
                 own = result.own

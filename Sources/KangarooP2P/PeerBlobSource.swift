@@ -106,6 +106,15 @@ public final class PeerBlobSource: PlanningBlobSource, Sendable {
         return blocked.withLock { Array($0) } + shunnedNow
     }
 
+    /// Parents whose bytes of `digest` failed verification: never asked
+    /// again by this node, reported to the trackers.
+    func blame(_ culprits: Set<String>, _ digest: KangarooOCI.Digest) {
+        logger.error("peer bytes of \(digest) failed verification: parents reported and not asked again",
+                     metadata: ["parents": "\(culprits.sorted())"])
+        blocked.withLock { $0.formUnion(culprits) }
+        for culprit in culprits { report(digest, peer: culprit) }
+    }
+
     func shun(_ node: String) {
         shunned.withLock { $0[node] = Self.now() + Self.shunSeconds }
     }
@@ -159,13 +168,12 @@ public final class PeerBlobSource: PlanningBlobSource, Sendable {
             if let node = answer.parents.first?.node {
                 let bytes = try? RegistryBlobSource(client: parent(node), repository: "kangaroo", timeout: configuration.wait)
                     .read(digest, range: 0..<UInt64(size))
-                if let bytes, Array(SHA256.hash(data: bytes)) == digest.bytes { return bytes }
-                if bytes != nil {
-                    logger.error("peer bytes of \(digest) fail its digest: parent reported and not asked again", metadata: ["parent": "\(node)"])
-                    blocked.withLock { _ = $0.insert(node) }
-                    report(digest, peer: node)
+                if let bytes {
+                    if Array(SHA256.hash(data: bytes)) == digest.bytes { return bytes }
+                    blame([node], digest)
+                } else {
+                    shun(node)
                 }
-                if bytes == nil { shun(node) }
                 exclude.append(node)
                 continue
             }
@@ -249,10 +257,7 @@ public final class PeerBlobSource: PlanningBlobSource, Sendable {
             truth[Int(p.run.lowerBound - base)..<Int(p.run.upperBound - base)].elementsEqual(whole[Int(p.run.lowerBound - base)..<Int(p.run.upperBound - base)]) == false
         }.map(\.node))
         if culprits.isEmpty { culprits = Set(fromParents.map(\.node)) }
-        logger.error("peer bytes of \(digest) failed verification: parents reported and not asked again",
-                     metadata: ["parents": "\(culprits.sorted())"])
-        blocked.withLock { $0.formUnion(culprits) }
-        for culprit in culprits { report(digest, peer: culprit) }
+        blame(culprits, digest)
         let corrected = Array(truth[start..<(start + range.count)])
         guard accept(corrected) else {
             throw ChunksError(.notFound, "bytes \(range) of \(digest) fail verification from the registry too")

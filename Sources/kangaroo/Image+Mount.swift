@@ -112,7 +112,7 @@ extension ImageCommand {
                     mountOptions.prefill = prefillSize > 0 ? LazyFileSystem.Prefill(maxFileSize: prefillSize) : .off
                     mountOptions.fetch = chunks.fetchConfiguration
                     mountOptions.fetch.mergeGap = UInt64(gap)
-                    mountOptions.fetch.keepCompressed = keepCompressed || chunks.trackers != nil
+                    mountOptions.fetch.keepCompressed = mountOptions.fetch.keepCompressed || keepCompressed  // trackers imply it
                     mountOptions.tracePath = trace.map(MountControl.normalize)
                     mountOptions.statsPath = MountControl.statsPath(mountPoint)
                     mountOptions.metricsAddress = metricsAddress
